@@ -1,0 +1,80 @@
+"""The contract every invertible network in lincore honours.
+
+``forward`` is data -> latent and ``inverse`` is latent -> data (no ``rev=`` flags). A block may
+take a *domain condition* ``cond`` (0 = noise, 1 = data) so that one network with shared weights
+can serve as both ``g_x`` and ``g_y`` of a generator.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FlowOutput:
+    """The image of a batch and the log|det J| of the map at each sample, shape ``(B,)``."""
+
+    out: Tensor
+    log_det: Tensor
+
+
+class InvertibleBlock(nn.Module, ABC):
+    """A bijection with an exact inverse and a tractable log-determinant."""
+
+    @abstractmethod
+    def forward_and_log_det(self, x: Tensor, *, cond: Tensor | None = None) -> FlowOutput:
+        """Apply the forward map and return log|det dF/dx| per sample."""
+
+    @abstractmethod
+    def inverse(self, z: Tensor, *, cond: Tensor | None = None) -> Tensor:
+        """Apply the exact inverse map."""
+
+    def forward(self, x: Tensor, *, cond: Tensor | None = None) -> Tensor:
+        return self.forward_and_log_det(x, cond=cond).out
+
+
+class Inverse(InvertibleBlock):
+    """A block run backwards: used for the un-squeeze that closes an image flow."""
+
+    def __init__(self, block: InvertibleBlock) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward_and_log_det(self, x: Tensor, *, cond: Tensor | None = None) -> FlowOutput:
+        z = self.block.inverse(x, cond=cond)
+        # log|det J_{F^-1}(x)| = -log|det J_F(F^-1(x))|
+        return FlowOutput(z, -self.block.forward_and_log_det(z, cond=cond).log_det)
+
+    def inverse(self, z: Tensor, *, cond: Tensor | None = None) -> Tensor:
+        return self.block(z, cond=cond)
+
+
+class InvertibleSequential(InvertibleBlock):
+    """Blocks in order forward, in reverse order backwards; log-determinants add up."""
+
+    def __init__(self, *blocks: InvertibleBlock) -> None:
+        super().__init__()
+        for i, b in enumerate(blocks):
+            if not isinstance(b, InvertibleBlock):
+                raise TypeError(f"block {i} must be an InvertibleBlock, got {type(b).__name__}")
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward_and_log_det(self, x: Tensor, *, cond: Tensor | None = None) -> FlowOutput:
+        log_det = x.new_zeros(x.shape[0])
+        for b in self.blocks:
+            step = b.forward_and_log_det(x, cond=cond)
+            x, log_det = step.out, log_det + step.log_det
+        return FlowOutput(x, log_det)
+
+    def forward(self, x: Tensor, *, cond: Tensor | None = None) -> Tensor:
+        for b in self.blocks:
+            x = b(x, cond=cond)
+        return x
+
+    def inverse(self, z: Tensor, *, cond: Tensor | None = None) -> Tensor:
+        for b in reversed(self.blocks):
+            z = b.inverse(z, cond=cond)
+        return z

@@ -1,0 +1,39 @@
+"""Shared helpers: networks pushed far from the identity, in float64, reproducibly."""
+
+from __future__ import annotations
+
+import torch
+
+from lincore.inn import ActNorm, AffineCoupling, Flow
+
+
+def far_from_identity(flow: Flow, *, strength: float = 1.0, seed: int = 0) -> Flow:
+    """Give every coupling a random non-zero output layer (their default is the identity).
+
+    Each of ``depth`` blocks gets ``strength / sqrt(depth)``, so the whole network moves by
+    O(strength) whatever its depth, like a trained one, instead of exploding like e^depth.
+    ActNorm gets a random scale and shift, sized the same way. Mixing layers already start as random rotations.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    couplings = [m for m in flow.modules() if isinstance(m, AffineCoupling)]
+    std = strength / len(couplings) ** 0.5
+    with torch.no_grad():
+        for m in couplings:
+            last = m.conditioner.net[-1]
+            fan_in = last.weight[0].numel()
+            last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * std / fan_in**0.5)
+            last.bias.copy_(torch.randn(last.bias.shape, generator=gen) * std)
+        actnorms = [m for m in flow.modules() if isinstance(m, ActNorm)]
+        for m in actnorms:
+            an_std = 0.3 * strength / len(actnorms) ** 0.5
+            m.log_scale.copy_(an_std * torch.randn(m.log_scale.shape, generator=gen))
+            m.bias.copy_(an_std * torch.randn(m.bias.shape, generator=gen))
+            m.initialized.fill_(True)
+    return flow
+
+
+def relative_deviation(flow: Flow, x: torch.Tensor) -> float:
+    """How far ``g`` is from linear: ``‖g(2x) - 2 g(x)‖ / ‖2 g(x)‖`` (0 for a linear map)."""
+    with torch.no_grad():
+        z = flow(x)
+        return float((flow(2 * x) - 2 * z).norm() / (2 * z).norm())
