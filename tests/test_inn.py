@@ -17,7 +17,7 @@ from lincore.inn import (
     Permutation,
     Squeeze,
 )
-from tests.conftest import far_from_identity, relative_deviation
+from lincore.testing import far_from_identity, relative_deviation
 
 SHAPES = [(64,), (1, 8, 8), (3, 64, 64)]
 

@@ -1,4 +1,8 @@
-"""Shared helpers: networks pushed far from the identity, in float64, reproducibly."""
+"""Helpers for tests and benchmarks: networks pushed far from the identity, reproducibly.
+
+A fresh flow is the identity (zero-initialised couplings), which would make every property test
+vacuous; these give it the size of deviation a trained network has.
+"""
 
 from __future__ import annotations
 
