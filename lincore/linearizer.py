@@ -21,8 +21,10 @@ def same_network(a: Flow, b: Flow) -> bool:
     if a is b:
         return True
     return (
-        isinstance(a, Conditioned) and isinstance(b, Conditioned)
-        and a.flow is b.flow and a.cond == b.cond
+        isinstance(a, Conditioned)
+        and isinstance(b, Conditioned)
+        and a.flow is b.flow
+        and a.cond == b.cond
     )
 
 
@@ -51,9 +53,14 @@ class Linearizer(nn.Module):
         g_y = g_x if g_y is None else g_y
         for name, g in (("g_x", g_x), ("g_y", g_y)):
             if not isinstance(g, Flow):
-                raise TypeError(f"{name} must be a lincore Flow (CouplingFlow, ImageFlow, ...), got {type(g).__name__}")
+                raise TypeError(
+                    f"{name} must be a lincore Flow (CouplingFlow, ImageFlow, ...), "
+                    f"got {type(g).__name__}"
+                )
         if not isinstance(A, LinearOperator):
-            raise TypeError(f"A must be a lincore LinearOperator (Dense, LowRank, ...), got {type(A).__name__}")
+            raise TypeError(
+                f"A must be a lincore LinearOperator (Dense, LowRank, ...), got {type(A).__name__}"
+            )
         if A.dim_in != g_x.dim or A.dim_out != g_y.dim:
             raise ValueError(
                 f"A maps R^{A.dim_in} -> R^{A.dim_out} but g_x has latent dim {g_x.dim} and g_y "
@@ -75,7 +82,7 @@ class Linearizer(nn.Module):
         return self.codomain.from_latent(self.A(z))  # (B, m) -> (B, *Y)
 
     def pinv(self, *, rtol: float | None = None) -> Linearizer:
-        """``f^+ = g_x^-1 A^+ g_y``: Moore–Penrose in the induced spaces; least squares in ``‖.‖_g``."""
+        """``f^+ = g_x^-1 A^+ g_y``: Moore–Penrose in the induced spaces, least squares in ‖.‖_g."""
         return Linearizer(self.g_y, self.A.pinv(rtol=rtol), self.g_x)
 
     def compose(self, k: Linearizer) -> Linearizer:
@@ -93,11 +100,11 @@ class Linearizer(nn.Module):
         return self.compose(k)
 
     def svd(self) -> SVD:
-        """Thin SVD ``(U, S, Vh)`` of the operator ``A``; see ``singular_points`` for ``X``/``Y``."""
+        """Thin SVD ``(U, S, Vh)`` of ``A``; ``singular_points`` gives them as points of X, Y."""
         return self.A.svd()
 
     def singular_points(self) -> SingularPoints:
-        """Singular vectors of ``f`` as points: ``g_y^-1(u_i)`` in ``Y`` and ``g_x^-1(v_i)`` in ``X``."""
+        """Singular vectors of ``f`` as points: ``g_y^-1(u_i)`` in Y and ``g_x^-1(v_i)`` in X."""
         u, s, vh = self.svd()
         return SingularPoints(self.codomain.from_latent(u.T), s, self.domain.from_latent(vh))
 

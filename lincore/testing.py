@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lincore.inn import ActNorm, AffineCoupling, Flow
+from lincore.inn import ActNorm, AffineCoupling, Flow, InvertibleConv1x1
 
 
 def far_from_identity(flow: Flow, *, strength: float = 1.0, seed: int = 0) -> Flow:
@@ -16,7 +16,7 @@ def far_from_identity(flow: Flow, *, strength: float = 1.0, seed: int = 0) -> Fl
 
     Each of ``depth`` blocks gets ``strength / sqrt(depth)``, so the whole network moves by
     O(strength) whatever its depth, like a trained one, instead of exploding like e^depth.
-    ActNorm gets a random scale and shift, sized the same way. Mixing layers already start as random rotations.
+    ActNorm and the LU mixing layers get random parameters, sized the same way.
     """
     gen = torch.Generator().manual_seed(seed)
     couplings = [m for m in flow.modules() if isinstance(m, AffineCoupling)]
@@ -27,6 +27,13 @@ def far_from_identity(flow: Flow, *, strength: float = 1.0, seed: int = 0) -> Fl
             fan_in = last.weight[0].numel()
             last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * std / fan_in**0.5)
             last.bias.copy_(torch.randn(last.bias.shape, generator=gen) * std)
+        mixers = [m for m in flow.modules() if isinstance(m, InvertibleConv1x1)]
+        for m in mixers:  # triangular factors O(1/sqrt(C)) off the identity: well conditioned
+            c = m.lower.shape[0]
+            mix_std = 0.5 * strength / (c * len(mixers)) ** 0.5
+            m.lower.copy_(mix_std * torch.randn(m.lower.shape, generator=gen))
+            m.upper.copy_(mix_std * torch.randn(m.upper.shape, generator=gen))
+            m.log_s.copy_(mix_std * c**0.5 * torch.randn(m.log_s.shape, generator=gen))
         actnorms = [m for m in flow.modules() if isinstance(m, ActNorm)]
         for m in actnorms:
             an_std = 0.3 * strength / len(actnorms) ** 0.5

@@ -25,13 +25,17 @@ class VectorSpace:
 
     def __init__(self, g: Flow) -> None:
         if not isinstance(g, Flow):
-            raise TypeError(f"g must be a lincore Flow (CouplingFlow, ImageFlow, ...), got {type(g)}")
+            raise TypeError(
+                f"g must be a lincore Flow (CouplingFlow, ImageFlow, ...), got {type(g)}"
+            )
         self.g = g
 
     def _coef(self, a: float | Tensor, z: Tensor) -> float | Tensor:
         if isinstance(a, Tensor) and a.dim() > 0:
             if a.shape != (z.shape[0],):
-                raise ValueError(f"a must be a number or a ({z.shape[0]},) tensor, got {tuple(a.shape)}")
+                raise ValueError(
+                    f"a must be a number or a ({z.shape[0]},) tensor, got {tuple(a.shape)}"
+                )
             return a.to(z).view(-1, *([1] * (z.dim() - 1)))
         return a
 

@@ -29,7 +29,9 @@ def make_flow(shape: tuple[int, ...], depth: int, **kw) -> CouplingFlow | ImageF
 
 
 def flow_cases() -> list:
-    return [pytest.param(s, d, id=f"{'x'.join(map(str, s))}-depth{d}") for s in SHAPES for d in (1, 32)]
+    return [
+        pytest.param(s, d, id=f"{'x'.join(map(str, s))}-depth{d}") for s in SHAPES for d in (1, 32)
+    ]
 
 
 @pytest.mark.parametrize(("shape", "depth"), flow_cases())
@@ -111,10 +113,16 @@ def test_flow_log_det_matches_autograd_jacobian(g):
         # the inverse's Jacobian is the inverse of the forward's
         jac_inv = jacobian(lambda w: g.inverse(w.unsqueeze(0))[0].flatten(), out.out[i])
         jac_inv = jac_inv.reshape(g.dim, g.dim)
-        torch.testing.assert_close(jac_inv @ jac, torch.eye(g.dim, dtype=torch.float64), atol=1e-9, rtol=0)
+        torch.testing.assert_close(
+            jac_inv @ jac, torch.eye(g.dim, dtype=torch.float64), atol=1e-9, rtol=0
+        )
 
 
-@pytest.mark.parametrize("g", [CouplingFlow(5, 3, 16, actnorm=True), ImageFlow(1, 4, 4, depth=2, hidden=8)], ids=["vector", "image"])
+@pytest.mark.parametrize(
+    "g",
+    [CouplingFlow(5, 3, 16, actnorm=True), ImageFlow(1, 4, 4, depth=2, hidden=8)],
+    ids=["vector", "image"],
+)
 def test_every_parameter_gets_a_gradient(g):
     g = far_from_identity(g)
     x = torch.randn(4, *g.event_shape)
@@ -214,5 +222,5 @@ def test_bad_calls_are_clear_errors():
         c(torch.randn(2, 4))
     with pytest.raises(ValueError, match=r"\(2,\) tensor"):
         c(torch.randn(2, 4), cond=torch.zeros(3))
-    with pytest.raises(ValueError, match="bound to 1.0"):
+    with pytest.raises(ValueError, match=r"bound to 1\.0"):
         Conditioned(c, 1.0)(torch.randn(2, 4), cond=0.0)

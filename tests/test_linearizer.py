@@ -29,7 +29,9 @@ TOL = dict(atol=1e-9, rtol=1e-9)  # |a - b| <= 1e-9 (1 + |b|)
 
 
 def flow(dim: int, seed: int, **kw) -> CouplingFlow:
-    return far_from_identity(CouplingFlow(dim, 4, 16, seed=seed, **kw), strength=1.5, seed=seed).double()
+    return far_from_identity(
+        CouplingFlow(dim, 4, 16, seed=seed, **kw), strength=1.5, seed=seed
+    ).double()
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -74,7 +76,9 @@ def test_ordinary_linearity_fails_so_the_checks_below_are_not_vacuous(nets):
 
 
 @settings(max_examples=25, deadline=None)
-@given(a=st.floats(-3, 3), b=st.floats(-3, 3), seed=st.integers(0, 10_000), case=st.sampled_from(CASES))
+@given(
+    a=st.floats(-3, 3), b=st.floats(-3, 3), seed=st.integers(0, 10_000), case=st.sampled_from(CASES)
+)
 def test_linearity_in_the_induced_spaces(nets, a, b, seed, case):
     f = linearizers(nets)[case].double().requires_grad_(False)
     X, Y = f.domain, f.codomain
@@ -103,7 +107,9 @@ def test_vector_space_axioms_in_the_induced_space(nets):
     torch.testing.assert_close(X.add(X.add(x, x2), x3), X.add(x, X.add(x2, x3)), **TOL)
     torch.testing.assert_close(X.scale(2.0, X.scale(-1.5, x)), X.scale(-3.0, x), **TOL)
     torch.testing.assert_close(X.scale(1.0, x), x, **TOL)
-    torch.testing.assert_close(X.scale(0.5, X.add(x, x2)), X.add(X.scale(0.5, x), X.scale(0.5, x2)), **TOL)
+    torch.testing.assert_close(
+        X.scale(0.5, X.add(x, x2)), X.add(X.scale(0.5, x), X.scale(0.5, x2)), **TOL
+    )
 
 
 def test_inner_product_and_norm(nets):

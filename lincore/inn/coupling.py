@@ -17,7 +17,9 @@ from lincore.inn.base import FlowOutput, InvertibleBlock
 class MLPConditioner(nn.Module):
     """``(x1, cond) -> (s, t)`` for vectors: a 2-hidden-layer MLP, zero-initialised output."""
 
-    def __init__(self, in_features: int, out_features: int, hidden: int, cond_features: int) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, hidden: int, cond_features: int
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(in_features + cond_features, hidden),
@@ -38,7 +40,9 @@ class MLPConditioner(nn.Module):
 class ConvConditioner(nn.Module):
     """``(x1, cond) -> (s, t)`` for images: conv3x3 - conv1x1 - conv3x3, zero-initialised output."""
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int, cond_channels: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden: int, cond_channels: int
+    ) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv2d(in_channels + cond_channels, hidden, 3, padding=1),
@@ -69,7 +73,8 @@ class AffineCoupling(InvertibleBlock):
         super().__init__()
         if channels < 2:
             raise ValueError(
-                f"coupling needs >= 2 channels, got {channels}; add a Squeeze first (1x8x8 -> 4x4x4)"
+                f"coupling needs >= 2 channels, got {channels}; "
+                "add a Squeeze first (1x8x8 -> 4x4x4)"
             )
         if clamp <= 0:
             raise ValueError(f"clamp must be > 0, got {clamp}")

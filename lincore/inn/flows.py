@@ -27,7 +27,11 @@ class Flow(InvertibleBlock):
     conditional: bool
 
     def __init__(
-        self, body: InvertibleSequential, event_shape: tuple[int, ...], *, conditional: bool,
+        self,
+        body: InvertibleSequential,
+        event_shape: tuple[int, ...],
+        *,
+        conditional: bool,
         check_finite: bool,
     ) -> None:
         super().__init__()
@@ -48,7 +52,9 @@ class Flow(InvertibleBlock):
                 "this flow is conditional: pass cond=0.0 (noise domain) or cond=1.0 (data domain)"
             )
         if not self.conditional and cond is not None:
-            raise ValueError("this flow is unconditional: build it with conditional=True to use cond")
+            raise ValueError(
+                "this flow is unconditional: build it with conditional=True to use cond"
+            )
         return None if cond is None else as_condition(cond, x.shape[0], x)
 
     def forward_and_log_det(self, x: Tensor, *, cond: float | Tensor | None = None) -> FlowOutput:
@@ -85,8 +91,16 @@ class CouplingFlow(Flow):
     """
 
     def __init__(
-        self, dim: int, depth: int, hidden: int, *, conditional: bool = False, clamp: float = 2.0,
-        actnorm: bool = False, seed: int = 0, check_finite: bool = True,
+        self,
+        dim: int,
+        depth: int,
+        hidden: int,
+        *,
+        conditional: bool = False,
+        clamp: float = 2.0,
+        actnorm: bool = False,
+        seed: int = 0,
+        check_finite: bool = True,
     ) -> None:
         check_int("dim", dim, low=2)
         check_int("depth", depth, low=1)
@@ -100,7 +114,9 @@ class CouplingFlow(Flow):
             blocks.append(AffineCoupling(dim, conditioner, clamp=clamp))
             blocks.append(InvertibleConv1x1(dim, seed=seed + i))
         super().__init__(
-            InvertibleSequential(*blocks), (dim,), conditional=conditional,
+            InvertibleSequential(*blocks),
+            (dim,),
+            conditional=conditional,
             check_finite=check_finite,
         )
 
@@ -121,8 +137,17 @@ class ImageFlow(Flow):
     """
 
     def __init__(
-        self, channels: int, height: int, width: int, *, depth: int, hidden: int,
-        conditional: bool = False, clamp: float = 2.0, seed: int = 0, check_finite: bool = True,
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        *,
+        depth: int,
+        hidden: int,
+        conditional: bool = False,
+        clamp: float = 2.0,
+        seed: int = 0,
+        check_finite: bool = True,
     ) -> None:
         check_int("channels", channels, low=1)
         check_int("height", height, low=1)
@@ -149,7 +174,9 @@ class ImageFlow(Flow):
         if squeeze:
             blocks.append(Inverse(Squeeze()))
         super().__init__(
-            InvertibleSequential(*blocks), (channels, height, width), conditional=conditional,
+            InvertibleSequential(*blocks),
+            (channels, height, width),
+            conditional=conditional,
             check_finite=check_finite,
         )
 

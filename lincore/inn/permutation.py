@@ -8,11 +8,16 @@ from torch import Tensor, nn
 from lincore.inn.base import FlowOutput, InvertibleBlock
 
 
-def _mix(w: Tensor, x: Tensor) -> Tensor:
-    """Apply a ``(C, C)`` matrix to dim 1 of ``(B, C)`` or ``(B, C, H, W)``."""
-    if x.dim() == 2:
-        return x @ w.T
-    return torch.einsum("oc,bc...->bo...", w, x)
+def _rows(x: Tensor) -> Tensor:
+    """``(B, C)`` or ``(B, C, H, W)`` -> ``(N, C)`` rows, channels last."""
+    return x if x.dim() == 2 else x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def _unrows(r: Tensor, like: Tensor) -> Tensor:
+    if like.dim() == 2:
+        return r
+    b, c, *spatial = like.shape
+    return r.reshape(b, *spatial, c).movedim(-1, 1)
 
 
 class Permutation(InvertibleBlock):
@@ -34,23 +39,23 @@ class Permutation(InvertibleBlock):
 class InvertibleConv1x1(InvertibleBlock):
     """Learned invertible channel mixing ``W = P L (U + diag(sign * exp(log_s)))`` (Glow, LU form).
 
-    On ``(B, C)`` input it is an invertible linear layer. The LU form gives ``log|det W| =
-    sum(log_s)`` for free and an inverse by two triangular solves, never a general ``inv``.
-    Starts from a seeded random rotation.
+    On ``(B, C)`` input it is an invertible linear layer. The factors are applied one by one
+    (``O(N C^2)``, no ``C x C`` product per call) and inverted by triangular solves, never a
+    general ``inv``; ``log|det W| = sum(log_s)``. It starts as a seeded random permutation
+    (``L = U = I``): perfectly conditioned, where the LU factors of a random rotation have a
+    condition number of ~2,800 at C = 1024 and cost float32 round-trip accuracy.
     """
 
     def __init__(self, channels: int, *, seed: int = 0) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        q, _ = torch.linalg.qr(torch.randn(channels, channels, generator=g))
-        p, lower, upper = torch.linalg.lu(q)
-        diag = torch.diagonal(upper)
-        self.register_buffer("p", p)
-        self.register_buffer("sign_s", torch.sign(diag))
+        perm = torch.randperm(channels, generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("perm", perm)  # P = I[perm]
+        self.register_buffer("inv_perm", torch.argsort(perm))
+        self.register_buffer("sign_s", torch.ones(channels))
         self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
-        self.lower = nn.Parameter(lower)
-        self.upper = nn.Parameter(torch.triu(upper, 1))
-        self.log_s = nn.Parameter(torch.log(diag.abs()))
+        self.lower = nn.Parameter(torch.zeros(channels, channels))
+        self.upper = nn.Parameter(torch.zeros(channels, channels))
+        self.log_s = nn.Parameter(torch.zeros(channels))
 
     def _factors(self) -> tuple[Tensor, Tensor]:
         eye = torch.eye(self.lower.shape[0], dtype=self.lower.dtype, device=self.lower.device)
@@ -59,18 +64,19 @@ class InvertibleConv1x1(InvertibleBlock):
         return lower, upper
 
     def weight(self) -> Tensor:
+        """The dense ``(C, C)`` matrix ``P L U`` (for inspection and tests)."""
         lower, upper = self._factors()
-        return self.p @ lower @ upper
-
-    def inverse_weight(self) -> Tensor:
-        """``W^-1 = U^-1 L^-1 P^T`` by triangular solves."""
-        lower, upper = self._factors()
-        linv_pt = torch.linalg.solve_triangular(lower, self.p.T, upper=False, unitriangular=True)
-        return torch.linalg.solve_triangular(upper, linv_pt, upper=True)
+        return (lower @ upper)[self.perm]
 
     def forward_and_log_det(self, x: Tensor, *, cond: Tensor | None = None) -> FlowOutput:
-        pixels = x[0, 0].numel()
-        return FlowOutput(_mix(self.weight(), x), (self.log_s.sum() * pixels).expand(x.shape[0]))
+        lower, upper = self._factors()
+        r = ((_rows(x) @ upper.T) @ lower.T)[:, self.perm]  # X W^T = X U^T L^T P^T
+        log_det = (self.log_s.sum() * x[0, 0].numel()).expand(x.shape[0])
+        return FlowOutput(_unrows(r, x), log_det)
 
     def inverse(self, z: Tensor, *, cond: Tensor | None = None) -> Tensor:
-        return _mix(self.inverse_weight(), z)
+        lower, upper = self._factors()
+        r = _rows(z)[:, self.inv_perm]  # Z P, then solve X1 L^T = Z P, X U^T = X1
+        r = torch.linalg.solve_triangular(lower.T, r, upper=True, left=False, unitriangular=True)
+        r = torch.linalg.solve_triangular(upper.T, r, upper=False, left=False)
+        return _unrows(r, z)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import Tensor, nn
 
@@ -22,8 +24,7 @@ class DeepLinear(LinearOperator):
         width = check_int("hidden", hidden if hidden is not None else max(dim_in, dim_out), low=1)
         dims = [dim_in] + [width] * (depth - 1) + [dim_out]
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.randn(d_out, d_in) / d_in**0.5)
-            for d_in, d_out in zip(dims[:-1], dims[1:], strict=True)
+            nn.Parameter(torch.randn(d_out, d_in) / d_in**0.5) for d_in, d_out in pairwise(dims)
         )
 
     def _forward(self, z: Tensor) -> Tensor:
