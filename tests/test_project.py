@@ -1,0 +1,67 @@
+"""The project's frame: README commands, CI script, pins, demo and benchmark entry points."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    first_block = re.search(r"```(?:bash|sh)?\n(.*?)```", text, re.S)
+    assert first_block, "README must open with a code block of set-up commands"
+    return [
+        line
+        for line in first_block.group(1).splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def test_readme_opens_with_exactly_two_commands_and_ci_runs_the_second():
+    commands = readme_commands()
+    assert len(commands) == 2
+    assert "torch==2.13.0" in commands[0] and "torch==2.13.0" in commands[1]
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == commands[1], ".ci/run must call the README's test command verbatim"
+
+
+def test_torch_is_pinned_in_the_install_path():
+    assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_readme_api_example_runs():
+    """The DESIGN §6 tour in the README works as shown."""
+    code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["y"].shape == namespace["x"].shape
+
+
+def test_demo_fits_and_reports_exact_algebra(capsys):
+    from lincore.demo import main, property_errors
+
+    main(["--steps", "60"])
+    out = capsys.readouterr().out
+    assert "relative mse" in out and "Penrose" in out
+    from lincore.demo import fit
+
+    _, student, losses = fit(60, 0)
+    assert losses[-1] < 0.5 * losses[0]
+    for name, err, raw in property_errors(student):
+        assert err < 1e-9, name
+        assert not raw < 1e-3, f"{name}: raw coordinates should not satisfy it"
+
+
+def test_flows_benchmark_quick_prints_a_table(capsys):
+    from benchmarks.flows import main
+
+    torch.manual_seed(0)
+    rows = main(["--quick"])
+    assert len(rows) == 2
+    for r in rows:
+        assert r["err f64"] < 1e-10 and r["err f32"] < 1e-4
+    assert "| flow" in capsys.readouterr().out
