@@ -1,0 +1,84 @@
+"""Identity-plus-low-rank matrices ``alpha I + W Y^T``: the exact algebra of collapsed samplers.
+
+Every explicit step of a sampler whose velocity is ``(A_t - I) / (1 - t)`` with ``A_t = U_t V_t^T``
+is ``c I + (low rank)``, and so are their products; keeping that form costs ``O(D k)`` memory for
+rank ``k`` instead of ``O(D^2)``. Column convention: ``z -> alpha z + W (Y^T z)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class IdentityPlusLowRank:
+    """``alpha I + W Y^T`` with ``W, Y`` of shape ``(D, k)``."""
+
+    alpha: Tensor  # scalar
+    W: Tensor
+    Y: Tensor
+
+    @staticmethod
+    def identity(dim: int, *, scale: float | Tensor = 1.0, like: Tensor) -> IdentityPlusLowRank:
+        empty = like.new_zeros(dim, 0)
+        return IdentityPlusLowRank(
+            torch.as_tensor(scale, dtype=like.dtype, device=like.device), empty, empty
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.W.shape[0]
+
+    @property
+    def rank(self) -> int:
+        """Columns of the low-rank part (an upper bound on its rank)."""
+        return self.W.shape[1]
+
+    def __add__(self, other: IdentityPlusLowRank) -> IdentityPlusLowRank:
+        return IdentityPlusLowRank(
+            self.alpha + other.alpha,
+            torch.cat([self.W, other.W], 1),
+            torch.cat([self.Y, other.Y], 1),
+        )
+
+    def scaled(self, c: float | Tensor) -> IdentityPlusLowRank:
+        return IdentityPlusLowRank(self.alpha * c, self.W * c, self.Y)
+
+    def __matmul__(self, other: IdentityPlusLowRank) -> IdentityPlusLowRank:
+        """``(a I + W Y^T)(b I + P Q^T) = ab I + [P, W] [a Q, b Y + Q (P^T Y)]^T``."""
+        a, b = self.alpha, other.alpha
+        p, q = other.W, other.Y
+        w = torch.cat([p, self.W], 1)
+        y = torch.cat([a * q, b * self.Y + q @ (p.T @ self.Y)], 1)
+        return IdentityPlusLowRank(a * b, w, y)
+
+    def compressed(self, *, rtol: float | None = None) -> IdentityPlusLowRank:
+        """Same matrix, fewer columns: drop directions of ``W Y^T`` below ``rtol * s_max``."""
+        if self.rank == 0:
+            return self
+        q_w, r_w = torch.linalg.qr(self.W)
+        q_y, r_y = torch.linalg.qr(self.Y)
+        p, s, vh = torch.linalg.svd(r_w @ r_y.T)
+        tol = (rtol if rtol is not None else self.dim * torch.finfo(s.dtype).eps) * s.max()
+        k = int((s > tol).sum())
+        return IdentityPlusLowRank(self.alpha, (q_w @ p[:, :k]) * s[:k], q_y @ vh[:k].T)
+
+    def dense(self) -> Tensor:
+        eye = torch.eye(self.dim, dtype=self.W.dtype, device=self.W.device)
+        return self.alpha * eye + self.W @ self.Y.T
+
+    def apply(self, z: Tensor) -> Tensor:
+        """Rows ``z (B, D) -> (B, D)``: ``alpha z + (z Y) W^T``."""
+        return self.alpha * z + (z @ self.Y) @ self.W.T
+
+    def solve(self, z: Tensor) -> Tensor:
+        """Rows ``x`` with ``x = M^-1 z`` (Woodbury): ``(z - (z W') ...)`` in ``O(D k^2)``."""
+        k = self.rank
+        if k == 0:
+            return z / self.alpha
+        # (aI + W Y^T)^-1 = (1/a) (I - W (a I_k + Y^T W)^-1 Y^T); rows: x = M^-1 z  <=>  x^T = ...
+        core = self.alpha * torch.eye(k, dtype=z.dtype, device=z.device) + self.Y.T @ self.W
+        return (z - torch.linalg.solve(core, (z @ self.Y).T).T @ self.W.T) / self.alpha
