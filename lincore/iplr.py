@@ -75,7 +75,7 @@ class IdentityPlusLowRank:
         return self.alpha * z + (z @ self.Y) @ self.W.T
 
     def solve(self, z: Tensor) -> Tensor:
-        """Rows ``x`` with ``x = M^-1 z`` (Woodbury): ``(z - (z W') ...)`` in ``O(D k^2)``."""
+        """Rows ``x = M^-1 z`` by Woodbury, ``O(D k^2)``: no ``D x D`` matrix is formed."""
         k = self.rank
         if k == 0:
             return z / self.alpha

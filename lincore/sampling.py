@@ -53,10 +53,8 @@ def step_matrix(
 ) -> IdentityPlusLowRank:
     """The matrix ``M`` of one explicit step from ``t`` to ``t + dt``: ``z_next = M z``."""
     _check_method(method)
-    eye = IdentityPlusLowRank.identity(
-        op.dim, like=torch.empty(0, dtype=dtype, device=next(op.parameters()).device)
-    )
     l1 = velocity_matrix(op, t, dtype=dtype)
+    eye = IdentityPlusLowRank.identity(op.dim, like=l1.W)
     if method == "euler":
         return eye + l1.scaled(dt)
     l2 = velocity_matrix(op, t + dt / 2, dtype=dtype)
