@@ -66,6 +66,9 @@ class IdentityPlusLowRank:
         k = int((s > tol).sum())
         return IdentityPlusLowRank(self.alpha, (q_w @ p[:, :k]) * s[:k], q_y @ vh[:k].T)
 
+    def to(self, dtype: torch.dtype) -> IdentityPlusLowRank:
+        return IdentityPlusLowRank(self.alpha.to(dtype), self.W.to(dtype), self.Y.to(dtype))
+
     def dense(self) -> Tensor:
         eye = torch.eye(self.dim, dtype=self.W.dtype, device=self.W.device)
         return self.alpha * eye + self.W @ self.Y.T

@@ -82,10 +82,7 @@ class CollapsedSampler:
     def apply(self, z: Tensor) -> Tensor:
         """Rows ``z0 (B, D) -> z1 = B z0``, in the dtype of ``z``."""
         if self.factored:
-            m = self.matrix
-            return IdentityPlusLowRank(m.alpha.to(z.dtype), m.W.to(z.dtype), m.Y.to(z.dtype)).apply(
-                z
-            )
+            return self.matrix.to(z.dtype).apply(z)
         return z @ self.matrix.to(z.dtype).T
 
     def solve(self, z: Tensor) -> Tensor:
