@@ -73,9 +73,21 @@ class IdentityPlusLowRank:
         eye = torch.eye(self.dim, dtype=self.W.dtype, device=self.W.device)
         return self.alpha * eye + self.W @ self.Y.T
 
+    def times_dense(self, b: Tensor) -> Tensor:
+        """``M b`` for a dense ``(D, n)`` matrix ``b`` in ``O(D n k)``, never forming ``M``."""
+        return self.alpha * b + self.W @ (self.Y.T @ b)
+
     def apply(self, z: Tensor) -> Tensor:
         """Rows ``z (B, D) -> (B, D)``: ``alpha z + (z Y) W^T``."""
         return self.alpha * z + (z @ self.Y) @ self.W.T
+
+    def logabsdet(self) -> Tensor:
+        """``log|det M| = D log|alpha| + log|det(I_k + Y^T W / alpha)|`` (determinant lemma)."""
+        head = self.dim * torch.log(self.alpha.abs())
+        if self.rank == 0:
+            return head
+        core = torch.eye(self.rank, dtype=self.W.dtype, device=self.W.device)
+        return head + torch.linalg.slogdet(core + self.Y.T @ self.W / self.alpha).logabsdet
 
     def solve(self, z: Tensor) -> Tensor:
         """Rows ``x = M^-1 z`` by Woodbury, ``O(D k^2)``: no ``D x D`` matrix is formed."""

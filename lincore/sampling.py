@@ -85,6 +85,17 @@ class CollapsedSampler:
             return self.matrix.to(z.dtype).apply(z)
         return z @ self.matrix.to(z.dtype).T
 
+    def logabsdet(self) -> Tensor:
+        """``log|det B|`` in float64: the volume change of the latent map, for exact likelihoods."""
+        if self.factored:
+            return self.matrix.logabsdet()
+        return torch.linalg.slogdet(self.matrix).logabsdet
+
+    def condition_number(self) -> float:
+        """``s_max / s_min`` of ``B`` (forms ``B`` densely: ``O(D^3)``, meant for checks)."""
+        s = torch.linalg.svdvals(self.dense())
+        return float(s.max() / s.min())
+
     def solve(self, z: Tensor) -> Tensor:
         """Rows ``z1 -> z0 = B^-1 z1`` (a sample back to its noise), by a solve, in float64."""
         z64 = z.to(torch.float64)
@@ -93,21 +104,36 @@ class CollapsedSampler:
         return torch.linalg.solve(self.matrix, z64.T).T.to(z.dtype)
 
 
+Form = Literal["auto", "factored", "dense"]
+
+
 @torch.no_grad()
-def collapse(op: TimeLowRank, steps: int, method: Method = "euler") -> CollapsedSampler:
-    """``B = M_{T-2} ... M_0`` in float64, kept as ``alpha I + W Y^T`` while its rank < ``D``."""
+def collapse(
+    op: TimeLowRank, steps: int, method: Method = "euler", *, form: Form = "auto"
+) -> CollapsedSampler:
+    """``B = M_{T-2} ... M_0`` in float64.
+
+    ``form="auto"`` keeps ``alpha I + W Y^T`` while its rank stays below ``D`` (memory
+    ``O(D T r)``) and switches to a dense ``D x D`` matrix after; ``"factored"``/``"dense"`` force
+    one form (for benchmarks). Dense accumulation multiplies each low-rank step into ``B`` in
+    ``O(D^2 r)``, never as a ``D^3`` matmul.
+    """
     _check_method(method)
+    if form not in ("auto", "factored", "dense"):
+        raise ValueError(f"form must be 'auto', 'factored' or 'dense', got {form!r}")
     dt = 1.0 / steps
     device = next(op.parameters()).device
     b: IdentityPlusLowRank | Tensor = IdentityPlusLowRank.identity(
         op.dim, like=torch.empty(0, dtype=torch.float64, device=device)
     )
+    if form == "dense":
+        b = b.dense()
     for t in step_times(steps):
         m = step_matrix(op, t, dt, method, dtype=torch.float64)
-        if isinstance(b, IdentityPlusLowRank) and b.rank + m.rank < op.dim:
+        if isinstance(b, IdentityPlusLowRank) and (form == "factored" or b.rank + m.rank < op.dim):
             b = m @ b
         else:
-            b = m.dense() @ (b.dense() if isinstance(b, IdentityPlusLowRank) else b)
+            b = m.times_dense(b.dense() if isinstance(b, IdentityPlusLowRank) else b)
     return CollapsedSampler(b)
 
 

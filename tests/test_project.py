@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,3 +66,15 @@ def test_flows_benchmark_quick_prints_a_table(capsys):
     for r in rows:
         assert r["err f64"] < 1e-10 and r["err f32"] < 1e-4
     assert "| flow" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_one_step_benchmark_runs_and_its_collapse_is_exact(capsys):
+    from benchmarks.one_step import main
+
+    out = main(["--seconds", "1", "--datasets", "moons", "--collapse-dims", "32"])
+    one_step = [r for r in out["quality"] if r["sampler"].startswith("1 step (")]
+    assert len(one_step) == 2
+    assert all(r["psnr_vs_multi"] >= 100 for r in one_step)  # exact algebra, not a speed target
+    assert {r["form"] for r in out["collapse"]} == {"factored", "dense"}
+    assert "## Collapse" in capsys.readouterr().out

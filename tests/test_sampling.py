@@ -88,3 +88,19 @@ def sample_half(op: TimeLowRank, z0: torch.Tensor, steps: int, method: str) -> t
 def test_bad_sampler_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call(operator(4, 1))
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4"])
+def test_forced_forms_agree(method):
+    op = operator(24, 3)
+    z0 = torch.randn(5, 24, dtype=F64)
+    dense = collapse(op, 15, method, form="dense")
+    factored = collapse(op, 15, method, form="factored")
+    assert not dense.factored and factored.factored
+    torch.testing.assert_close(dense.apply(z0), factored.apply(z0), atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        dense.logabsdet(), torch.linalg.slogdet(factored.dense()).logabsdet, atol=1e-10, rtol=0
+    )
+    torch.testing.assert_close(factored.logabsdet(), dense.logabsdet(), atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="form must be"):
+        collapse(op, 15, method, form="sparse")

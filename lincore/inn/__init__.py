@@ -3,7 +3,7 @@
 from lincore.inn.actnorm import ActNorm
 from lincore.inn.base import FlowOutput, Inverse, InvertibleBlock, InvertibleSequential
 from lincore.inn.coupling import AffineCoupling, ConvConditioner, MLPConditioner
-from lincore.inn.flows import Conditioned, CouplingFlow, Flow, ImageFlow
+from lincore.inn.flows import Conditioned, CouplingFlow, Flow, ImageFlow, Reshaped
 from lincore.inn.permutation import InvertibleConv1x1, Permutation
 from lincore.inn.squeeze import Squeeze
 
@@ -22,5 +22,6 @@ __all__ = [
     "InvertibleSequential",
     "MLPConditioner",
     "Permutation",
+    "Reshaped",
     "Squeeze",
 ]
