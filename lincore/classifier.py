@@ -52,6 +52,13 @@ def fit_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
     scale = x.std()
+    with torch.enable_grad():  # callers may evaluate under no_grad
+        _train(model, opt, x, labels, steps, batch_size, scale, gen)
+    return model.eval()
+
+
+def _train(model: FeatureClassifier, opt: torch.optim.Optimizer, x: Tensor, labels: Tensor,
+           steps: int, batch_size: int, scale: Tensor, gen: torch.Generator) -> None:  # fmt: skip
     for _ in range(steps):
         idx = torch.randint(len(x), (batch_size,), generator=gen)
         xb = x[idx] + 0.05 * scale * torch.randn(x[idx].shape, generator=gen, dtype=x.dtype)
@@ -59,7 +66,6 @@ def fit_classifier(
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return model.eval()
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ def test_readme_opens_with_exactly_two_commands_and_ci_runs_the_second():
     commands = readme_commands()
     assert len(commands) == 2
     assert "torch==2.13.0" in commands[0] and "torch==2.13.0" in commands[1]
+    assert commands[0].endswith("dvc repro"), "the main job is the DVC pipeline"
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == commands[1], ".ci/run must call the README's test command verbatim"
 

@@ -1,0 +1,82 @@
+"""Model checkpoints: a state dict plus the config that rebuilds the module.
+
+Never a pickled module: ``torch.load(..., weights_only=True)`` refuses anything but tensors and
+plain containers, so a malicious file cannot run code when it is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lincore.generators import LossWeights, OneStepFlowMatching
+from pipelines.config import ModelConfig
+from pipelines.errors import DataError
+from pipelines.io import atomic_path
+
+
+def build_model(cfg: ModelConfig, shape: tuple[int, ...], *, seed: int = 0) -> OneStepFlowMatching:
+    """The one-step generator for samples of ``shape``, from ``params.yaml``'s ``model``."""
+    weights = LossWeights(
+        latent=cfg.w_latent,
+        noise_reconstruction=cfg.w_noise_reconstruction,
+        data_reconstruction=cfg.w_data_reconstruction,
+        prediction=cfg.w_prediction,
+        data_likelihood=cfg.w_data_likelihood,
+    )
+    return OneStepFlowMatching.build(
+        shape,
+        rank=cfg.rank,
+        depth=cfg.depth,
+        hidden=cfg.hidden,
+        operator_hidden=cfg.operator_hidden,
+        flow=cfg.flow,
+        two_networks=cfg.two_networks,
+        sigma=cfg.sigma,
+        weights=weights,
+        seed=seed,
+    )
+
+
+def save(path: str | Path, model: OneStepFlowMatching, cfg: ModelConfig, shape: tuple[int, ...],
+         **extra: Any) -> None:  # fmt: skip
+    state = {
+        "state_dict": model.state_dict(),
+        "model_config": dataclasses.asdict(cfg),
+        "shape": list(shape),
+        **extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict, loaded with ``weights_only=True``; clear errors for bad files."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"model checkpoint {p} not found; run `dvc repro train` first")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise DataError(
+            f"{p} was refused: it is not a plain weights file ({str(err).splitlines()[0]}); "
+            "only checkpoints written by this project load"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise DataError(f"{p} is not a readable checkpoint ({err})") from None
+    if not isinstance(state, dict) or not {"state_dict", "model_config", "shape"} <= set(state):
+        raise DataError(f"{p} is not a linearizer checkpoint (state_dict/model_config missing)")
+    return state
+
+
+def load(path: str | Path) -> tuple[OneStepFlowMatching, dict[str, Any]]:
+    """``(model in eval mode, checkpoint dict)`` from a file written by ``save``."""
+    state = load_state(path)
+    cfg = ModelConfig(**state["model_config"])
+    model = build_model(cfg, tuple(state["shape"]))
+    model.load_state_dict(state["state_dict"])
+    return model.eval(), state

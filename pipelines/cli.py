@@ -1,0 +1,67 @@
+"""``linearizer``: the command-line entry point (``linearizer sample``).
+
+linearizer sample --model <MLflow model URI | path to model.pt> --n 64 --out grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipelines import figures
+from pipelines.errors import ConfigError, DataError, cli
+
+
+def load_sampler(model: str, steps: int) -> object:
+    """A ``OneStepSampler`` from a local checkpoint or an MLflow model URI."""
+    from pipelines.sampler import OneStepSampler
+
+    if "://" not in model and not model.startswith(("models:", "runs:")):
+        path = Path(model)
+        if path.is_dir():
+            path = path / "model.pt"
+        return OneStepSampler.from_checkpoint(path, steps)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        loaded = mlflow.pyfunc.load_model(model)
+    except (MlflowException, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        raise DataError(
+            f"cannot load MLflow model {model!r}: {first}; check the URI (models:/<id>, "
+            "runs:/<run_id>/model) and MLFLOW_TRACKING_URI"
+        ) from None
+    return loaded.unwrap_python_model().sampler
+
+
+def sample(args: argparse.Namespace) -> Path:
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    sampler = load_sampler(args.model, args.steps)
+    x = sampler.sample(args.n, seed=args.seed).numpy()
+    out = Path(args.out)
+    figures.save_png(figures.samples(x, title=f"{args.n} one-step samples"), out)
+    print(f"wrote {args.n} one-step samples to {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="linearizer", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sample", help="draw one-step samples from a trained model")
+    s.add_argument("--model", required=True, help="MLflow model URI or path to model.pt")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--out", default="grid.png")
+    s.add_argument("--steps", type=int, default=100, help="sampler steps collapsed (local file)")
+    s.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.command == "sample":
+        sample(args)
+
+
+run = cli(main)
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,79 @@
+"""Starting or joining Ray, safely: loopback by default, clear errors for bad addresses.
+
+No ``RAY_ADDRESS``: a local one-node Ray in-process, bound to 127.0.0.1. With ``RAY_ADDRESS``
+(or inside ``ray job submit``): join that cluster, and let it decide the resources.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlparse
+
+from pipelines.config import ROOT
+from pipelines.errors import ConfigError, ServiceError
+
+
+def _reachable(address: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(address if "://" in address else f"tcp://{address}")
+    if not parsed.hostname or not parsed.port:
+        return True  # "auto" and friends: let Ray resolve them
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: float) -> None:
+    """Start (or join) Ray once per process.
+
+    The dashboard stays on (127.0.0.1 only): without its State API, Ray Train's placement-group
+    cleaner cannot see a dead controller and leaks resources (STACK.md §9.7).
+    """
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # node address 127.0.0.1
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
+    if address:
+        if not _reachable(address):
+            raise ServiceError(
+                f"cannot reach the Ray cluster at RAY_ADDRESS={address}; check `ray status` on "
+                "the head node, or unset RAY_ADDRESS to run on a local Ray"
+            )
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise ServiceError(f"cannot join the Ray cluster at {address}: {err}") from None
+        return
+    ray.init(
+        address="local",
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        resources=resources or None,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        runtime_env=runtime_env,
+        log_to_driver=True,
+    )
+
+
+def check_workers(num_workers: int, use_gpu: bool) -> None:
+    """``num_workers`` Ray Train workers need as many CPUs (and GPUs) as Ray has."""
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = int(res.get("CPU", 0)), int(res.get("GPU", 0))
+    if num_workers > cpus:
+        raise ConfigError(
+            f"train.num_workers={num_workers} but Ray has {cpus} CPUs; lower train.num_workers "
+            "or add nodes to the cluster"
+        )
+    if use_gpu and num_workers > gpus:
+        raise ConfigError(
+            f"train.use_gpu is true with {num_workers} workers but Ray sees {gpus} GPUs; "
+            "set use_gpu: false or lower num_workers"
+        )

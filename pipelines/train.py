@@ -1,0 +1,130 @@
+"""Stage ``train``: Ray Train (DDP) fits the one-step generator; MLflow records the run.
+
+    python -m pipelines.train [--params params.yaml] [--data data/prepared] [--out models]
+                              [--resume RUN_NAME]
+
+Checks everything cheap first (params, data, rank vs latent dimension, MLflow, Ray resources),
+then trains with checkpoints under ``train.storage_path``. ``--resume`` continues a run that was
+interrupted (same Ray run name). Writes ``models/model.pt`` (state dict + config),
+``models/summary.json`` and ``plots/loss.{csv,png}``, all atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+
+from pipelines import checkpoint, figures, ray_runtime, tracking, train_loop
+from pipelines import config as config_mod
+from pipelines.data import read_split
+from pipelines.errors import ConfigError, cli
+from pipelines.io import write_json, write_text
+
+LOSS_COLUMNS = ("epoch", "train_loss", "val_loss", "roundtrip_error")
+
+
+def check_rank(rank: int, shape: tuple[int, ...]) -> None:
+    dim = math.prod(shape)
+    if not 1 <= rank <= dim:
+        raise ConfigError(
+            f"model.rank={rank} is impossible for samples of shape {shape}: the latent "
+            f"dimension is {dim}, so the rank must be in 1..{dim}"
+        )
+
+
+def history_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOSS_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r[k] for k in LOSS_COLUMNS})
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--params", default=str(config_mod.ROOT / "params.yaml"))
+    p.add_argument("--data", default="data/prepared")
+    p.add_argument("--out", default="models")
+    p.add_argument("--plots", default="plots")
+    p.add_argument("--resume", help="the Ray run name of an interrupted run to continue")
+    args = p.parse_args(argv)
+
+    cfg = config_mod.load(args.params)
+    data_dir, out, plots = (config_mod.resolve(a) for a in (args.data, args.out, args.plots))
+    train_path, val_path = data_dir / "train.parquet", data_dir / "val.parquet"
+    x, _, meta = read_split(train_path)
+    xv, _, _ = read_split(val_path)
+    shape = tuple(meta["shape"])
+    check_rank(cfg.model.rank, shape)
+    tracking.check_reachable(tracking.tracking_uri(cfg.mlflow))
+
+    ray_runtime.init()
+    ray_runtime.check_workers(cfg.train.num_workers, cfg.train.use_gpu)
+    run_name = args.resume or train_loop.unique_run_name()
+    print(f"training {run_name}: {len(x)} samples of shape {shape}, "
+          f"{cfg.train.num_workers} worker(s), {cfg.train.epochs} epochs")  # fmt: skip
+    result = train_loop.run(cfg, train_path, val_path, run_name=run_name)
+    state = train_loop.load_result_state(result)
+    history = state["history"]  # every epoch, resumed ones included (the dataframe keeps fewer)
+
+    model = checkpoint.build_model(cfg.model, shape, seed=cfg.train.seed)
+    model.load_state_dict(state["model"])
+    model_path = out / "model.pt"
+    checkpoint.save(model_path, model, cfg.model, shape, run_name=run_name, source=meta["source"])
+    write_text(plots / "loss.csv", history_csv(history))
+    epochs = [int(r["epoch"]) + 1 for r in history]
+    loss_fig = figures.curves(
+        epochs,
+        {"train": [r["train_loss"] for r in history], "val": [r["val_loss"] for r in history]},
+        xlabel="epoch", ylabel="loss", title=f"{run_name}",
+    )  # fmt: skip
+
+    import mlflow
+
+    from pipelines.sampler import OneStepSampler
+
+    tracking.setup(cfg.mlflow)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params(cfg.to_flat_dict())
+        mlflow.log_params(
+            {"data.shape": str(shape), "data.source": meta["source"],
+             "ray.run_name": run_name, "ray.storage_path": str(result.path)}
+        )  # fmt: skip
+        for r in history:
+            mlflow.log_metrics(
+                {k: float(v) for k, v in r.items() if k.startswith(("train_", "val_", "round"))},
+                step=int(r["epoch"]) + 1,
+            )
+        mlflow.log_figure(loss_fig, "plots/loss.png")
+        sampler = OneStepSampler(model, cfg.evaluate.steps)
+        grid = sampler.sample(cfg.evaluate.grid if len(shape) > 1 else 2000).numpy()
+        mlflow.log_figure(
+            figures.samples(grid, reference=xv, title="one-step samples (end of training)"),
+            "samples/train_end_grid.png",
+        )
+        model_uri = tracking.log_sampler_model(model_path, math.prod(shape))
+        run_id = run.info.run_id
+    figures.save_png(loss_fig, plots / "loss.png")
+    final = history[-1]
+    summary = {
+        "run_name": run_name,
+        "mlflow_run_id": run_id,
+        "mlflow_model_uri": model_uri,
+        "tracking_uri": tracking.tracking_uri(cfg.mlflow),
+        "epochs": len(history),
+        "train_loss": final["train_loss"],
+        "val_loss": final["val_loss"],
+        "roundtrip_error": final["roundtrip_error"],
+        "checkpoint_path": str(result.path),
+    }
+    write_json(out / "summary.json", summary)
+    print(f"trained {run_name}: val_loss {final['val_loss']:.4f}; MLflow run {run_id}; "
+          f"model {model_path}")  # fmt: skip
+    return summary
+
+
+if __name__ == "__main__":
+    cli(main)()

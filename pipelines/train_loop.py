@@ -1,0 +1,196 @@
+"""The Ray Train loop (one per worker) and the driver call that runs it.
+
+Each worker reads the Parquet split, shards it with a ``DistributedSampler`` (through
+``prepare_data_loader``), trains the generator under DDP (one ``forward`` computes the whole
+loss, so every parameter is synchronised), and reports per-epoch metrics with a checkpoint from
+rank 0. A restarted worker group resumes from the latest checkpoint (``FailureConfig``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lincore.metrics import roundtrip_error
+from pipelines.checkpoint import build_model
+from pipelines.config import Config, ModelConfig, TrainConfig, resolve
+from pipelines.data import read_split
+from pipelines.errors import LinearizerError
+
+STATE_FILE = "state.pt"
+
+
+class NumericalFault(RuntimeError):
+    """Training produced NaN/inf or a network that is no longer invertible in float32."""
+
+
+def _val_metrics(model: Any, xv: torch.Tensor, seed: int) -> dict[str, float]:
+    """Validation loss terms with fixed noise (comparable across epochs), and g's round trip."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        terms = {f"val_{k}": float(v) for k, v in model(xv).items()}
+        terms["roundtrip_error"] = roundtrip_error(
+            model.g_data or model.g, xv, cond=None if model.g_data is not None else 1.0
+        )
+    torch.random.set_rng_state(state)
+    terms["val_loss"] = terms.pop("val_loss")
+    return terms
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown ours
+    model_cfg, train_cfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
+    epochs = int(config.get("epochs") or train_cfg.epochs)
+    ctx = ray.train.get_context()
+    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    if world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or world) // world))
+    torch.manual_seed(train_cfg.seed + rank)
+    x, _, meta = read_split(config["train_path"])
+    xv, _, _ = read_split(config["val_path"])
+    shape = tuple(meta["shape"])
+    device = ray.train.torch.get_device()
+    model = build_model(model_cfg, shape, seed=train_cfg.seed)
+    x_t, xv_t = torch.from_numpy(x), torch.from_numpy(xv[:512])
+    if model_cfg.flow == "image":
+        with torch.no_grad():
+            model.g.initialize_from(x_t[:256], cond=None if model.g_data else 1.0)
+            if model.g_data is not None:
+                model.g_data.initialize_from(x_t[:256])
+    opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
+    start, history = 0, []
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = int(state["epoch"]) + 1, list(state["history"])
+    per_worker = max(1, train_cfg.batch_size // max(world, 1))
+    loader = DataLoader(
+        TensorDataset(x_t), batch_size=per_worker, shuffle=True, drop_last=len(x) > per_worker
+    )
+    loader = ray.train.torch.prepare_data_loader(loader)
+    ddp = ray.train.torch.prepare_model(model)
+    raw = getattr(ddp, "module", ddp)
+    xv_t = xv_t.to(device)
+    for epoch in range(start, epochs):
+        if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        ddp.train()
+        total, batches, t0 = 0.0, 0, time.perf_counter()
+        for step, (xb,) in enumerate(loader):
+            loss = ddp(xb)["loss"]
+            if not torch.isfinite(loss):
+                raise NumericalFault(
+                    f"loss is {loss.item()} at epoch {epoch}, step {step}: lower train.lr "
+                    f"(now {train_cfg.lr}) or raise model.w_data_reconstruction"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, batches = total + loss.item(), batches + 1
+        if not all(bool(torch.isfinite(p).all()) for p in raw.parameters()):
+            raise NumericalFault(f"parameters became NaN/inf in epoch {epoch}: lower train.lr")
+        raw.eval()
+        metrics = {
+            "epoch": epoch,
+            "train_loss": total / max(batches, 1),
+            **_val_metrics(raw, xv_t, seed=1234),
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        if metrics["roundtrip_error"] > train_cfg.max_roundtrip_error:
+            raise NumericalFault(
+                f"g is no longer invertible in float32 at epoch {epoch}: max|g^-1(g(x)) - x| = "
+                f"{metrics['roundtrip_error']:.3g} > train.max_roundtrip_error "
+                f"({train_cfg.max_roundtrip_error}); lower train.lr or model.depth"
+            )
+        history.append(metrics)
+        if rank == 0:
+            print(
+                f"epoch {epoch + 1}/{epochs}  train_loss {metrics['train_loss']:.4f}  "
+                f"val_loss {metrics['val_loss']:.4f}  roundtrip {metrics['roundtrip_error']:.1e}",
+                flush=True,
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                state = {"model": raw.state_dict(), "optimizer": opt.state_dict(),
+                         "epoch": epoch, "history": history}  # fmt: skip
+                torch.save(state, Path(tmp) / STATE_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+
+def unique_run_name(prefix: str = "train") -> str:
+    """A fresh Ray run name: a reused one would silently resume an old run (STACK.md §9.3)."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def run(
+    cfg: Config,
+    train_path: Path,
+    val_path: Path,
+    *,
+    run_name: str,
+    epochs: int | None = None,
+    num_workers: int | None = None,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """Fit with a ``TorchTrainer``; returns the ``ray.train.Result``. Ray must be initialised."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = cfg.train
+    workers = t.num_workers if num_workers is None else num_workers
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "model": dataclasses.asdict(cfg.model),
+            "train": dataclasses.asdict(t),
+            "epochs": epochs,
+            "train_path": str(train_path),
+            "val_path": str(val_path),
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=t.use_gpu),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(resolve(t.storage_path)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            callbacks=callbacks,
+        ),
+    )
+    try:
+        return trainer.fit()
+    except Exception as err:  # Ray wraps worker errors; surface the root cause in one line
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        text = str(cause).strip().splitlines()
+        message = next((ln for ln in reversed(text) if "NumericalFault" in ln), None)
+        raise LinearizerError(
+            f"training run {run_name} failed: {message or (text[-1] if text else repr(cause))}"
+        ) from None
+
+
+def load_result_state(result: Any) -> dict[str, Any]:
+    """The rank-0 state of the latest checkpoint: weights, optimizer, ``history`` per epoch."""
+    if result.checkpoint is None:
+        raise LinearizerError("the training run finished without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)

@@ -1,0 +1,199 @@
+"""The pipeline's edges: params validation, the Parquet contract, checkpoints, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipelines import checkpoint, data, tracking
+from pipelines.config import DataConfig, ModelConfig, load, parse
+from pipelines.errors import ConfigError, DataError, ServiceError
+from pipelines.train import check_rank
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_params_file_is_valid():
+    cfg = load(ROOT / "params.yaml")
+    assert cfg.data.name == "digits" and cfg.train.num_workers >= 1
+    assert "model.rank" in cfg.to_flat_dict()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"model": {"rnak": 4}}, "unknown key 'model.rnak'.*allowed keys in 'model': rank"),
+        ({"modle": {}}, "unknown section 'modle'.*allowed: data, model"),
+        ({"model": {"rank": "four"}}, "model.rank must be an integer"),
+        ({"model": {"rank": 2.5}}, "model.rank must be an integer"),
+        ({"train": {"use_gpu": "yes"}}, "train.use_gpu must be true or false"),
+        ({"train": {"lr": -1}}, "train.lr must be > 0"),
+        ({"train": {"num_workers": -1}}, "train.num_workers must be >= 0"),
+        ({"data": {"name": "mnist"}}, "data.name 'mnist' is unknown; allowed: digits"),
+        ({"data": {"name": "path"}}, "set data.path"),
+        ({"model": {"depth": 0}}, "model.depth must be >= 1"),
+        ({"model": {"flow": "glow"}}, "model.flow must be coupling or image"),
+        ({"sweep": {"rank": []}}, "sweep.rank must be a non-empty list"),
+        ({"sweep": {"depth": [0, 2]}}, "sweep.depth values must be >= 1"),
+        ({"train": "fast"}, "'train' must be a mapping"),
+        (["data"], "params.yaml must be a mapping"),
+    ],
+)
+def test_bad_params_name_the_key_and_the_fix(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(raw)
+
+
+def test_missing_and_malformed_params_files(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [rank: 3\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load(bad)
+
+
+def test_an_impossible_rank_is_refused_before_training():
+    with pytest.raises(ConfigError, match=r"model.rank=65 .* must be in 1..64"):
+        check_rank(65, (1, 8, 8))
+    check_rank(64, (1, 8, 8))
+
+
+def test_prepare_writes_the_parquet_contract_deterministically(tmp_path):
+    cfg = DataConfig(name="moons", n_samples=200, seed=3)
+    for out in ("a", "b"):
+        for name, part in data.split(data.build(cfg), cfg).items():
+            data.write_split(tmp_path / out / f"{name}.parquet", part, seed=cfg.seed)
+    schema = pq.read_schema(tmp_path / "a" / "train.parquet")
+    meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+    assert json.loads(meta["shape"]) == [2] and meta["source"] == "lincore.toys.moons"
+    assert meta["seed"] == "3" and len(json.loads(meta["value_range"])) == 2
+    x_type = schema.field("x").type
+    assert x_type.list_size == 2 and str(x_type.value_type) == "float"
+    xa, _, _ = data.read_split(tmp_path / "a" / "train.parquet")
+    xb, _, _ = data.read_split(tmp_path / "b" / "train.parquet")
+    assert xa.shape == (140, 2) and np.array_equal(xa, xb)
+    assert not list(tmp_path.glob("a/.*.tmp")), "no temporary files left behind"
+
+
+def test_digits_keep_their_image_shape_and_labels(tmp_path):
+    ds = data.build(DataConfig(name="digits"))
+    assert ds.shape == (1, 8, 8) and ds.x.min() > 0 and ds.x.max() < 1
+    assert set(np.unique(ds.labels)) == set(range(10))
+
+
+def test_bad_data_files_give_errors_that_name_the_path(tmp_path):
+    with pytest.raises(DataError, match="missing; run `dvc repro prepare`"):
+        data.read_split(tmp_path / "train.parquet")
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match=r"corrupt\.parquet is not a readable Parquet file"):
+        data.read_split(corrupt)
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, x=np.array([[np.nan, 1.0]] * 20))
+    with pytest.raises(DataError, match="NaN"):
+        data.build(DataConfig(name="path", path=str(nan)))
+    with pytest.raises(DataError, match="does not exist"):
+        data.build(DataConfig(name="path", path=str(tmp_path / "nowhere.npz")))
+    odd = tmp_path / "x.csv"
+    odd.write_text("1,2\n")
+    with pytest.raises(DataError, match="unknown format"):
+        data.build(DataConfig(name="path", path=str(odd)))
+
+
+def test_local_files_npz_idx_and_image_folders(tmp_path):
+    x = np.random.default_rng(0).random((30, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x)
+    assert data.build(DataConfig(name="path", path=str(tmp_path / "d.npz"))).shape == (1, 4, 4)
+    raw = (x * 255).astype(np.uint8)
+    header = np.array([2051, 30, 4, 4], dtype=">u4").tobytes()
+    (tmp_path / "imgs-idx3-ubyte").write_bytes(header + raw.tobytes())
+    ds = data.build(DataConfig(name="path", path=str(tmp_path / "imgs-idx3-ubyte")))
+    assert ds.shape == (1, 4, 4) and np.allclose(ds.x, raw / 255.0)
+    (tmp_path / "trunc-idx3-ubyte").write_bytes(header + raw.tobytes()[:100])
+    with pytest.raises(DataError, match="truncated"):
+        data.build(DataConfig(name="path", path=str(tmp_path / "trunc-idx3-ubyte")))
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(raw[i, 0]).save(folder / f"{i}.png")
+    ds = data.build(DataConfig(name="path", path=str(folder), image_size=6))
+    assert ds.shape == (3, 6, 6) and len(ds.x) == 12
+
+
+def test_checkpoints_round_trip_and_refuse_pickles(tmp_path):
+    cfg = ModelConfig(rank=2, depth=2, hidden=8, operator_hidden=8)
+    model = checkpoint.build_model(cfg, (4,))
+    checkpoint.save(tmp_path / "m.pt", model, cfg, (4,))
+    loaded, state = checkpoint.load(tmp_path / "m.pt")
+    assert state["shape"] == [4]
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": Exploit(), "model_config": {}, "shape": [4]}, evil)
+    with pytest.raises(DataError, match="refused"):
+        checkpoint.load(evil)
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2]) + b"garbage")
+    with pytest.raises(DataError):
+        checkpoint.load(tmp_path / "junk.pt")
+
+
+def test_unreachable_services_are_clear_errors(monkeypatch):
+    with pytest.raises(ServiceError, match=r"MLflow tracking server http://127\.0\.0\.1:9"):
+        tracking.check_reachable("http://127.0.0.1:9")
+    with pytest.raises(ServiceError, match="missing or not writable"):
+        tracking.check_reachable("sqlite:////nonexistent-dir/mlflow.db")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.tracking_uri(parse({}).mlflow)
+    assert uri.startswith("sqlite:////") and uri.endswith("/mlflow.db")
+
+
+def run_stage(*args, env=None, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, **(env or {})}, timeout=120,
+    )  # fmt: skip
+
+
+def test_stage_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("model:\n  rnak: 3\n")
+    r = run_stage("pipelines.prepare", "--params", str(params), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "unknown key 'model.rnak'" in r.stderr
+    params.write_text("train:\n  epochs: 1\n")
+    r = run_stage(
+        "pipelines.train", "--params", str(params), "--data", str(tmp_path),
+        env={"RAY_ADDRESS": "127.0.0.1:9"},
+    )  # fmt: skip
+    assert r.returncode == 2 and "prepared data" in r.stderr and "Traceback" not in r.stderr
+    db = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    r = run_stage("pipelines.cli", "sample", "--model", "models:/does-not-exist", "--out",
+                  str(tmp_path / "g.png"), env=db)  # fmt: skip
+    assert r.returncode == 2 and "cannot load MLflow model" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "g.png").exists()
+
+
+def test_an_unreachable_ray_address_is_refused(monkeypatch):
+    from pipelines import ray_runtime
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    with pytest.raises(ServiceError, match="cannot reach the Ray cluster at RAY_ADDRESS"):
+        ray_runtime.init()
