@@ -62,7 +62,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 0.002
     seed: int = 0
-    num_workers: int = 2
+    num_workers: int = 1
     """Ray Train workers (DDP). 0 runs the loop in the driver process (no worker actors)"""
     use_gpu: bool = False
     storage_path: str = "ray_results"
