@@ -11,14 +11,13 @@ the identity as a trained one (lincore.testing.far_from_identity).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from lincore import CouplingFlow, Flow, ImageFlow
+from lincore.metrics import median_seconds
 from lincore.testing import far_from_identity
 
 
@@ -38,16 +37,6 @@ CASES = [
     Case("image 3x64x64, depth 4, hidden 32", lambda: ImageFlow(3, 64, 64, depth=4, hidden=32), 16),
     Case("image 1x8x8, depth 32, hidden 32", lambda: ImageFlow(1, 8, 8, depth=32, hidden=32), 256),
 ]
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 @torch.no_grad()

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from benchmarks.flows import median_seconds
 from lincore.classifier import FeatureClassifier, fit_classifier
 from lincore.generators import (
     FlowMatchingBaseline,
@@ -36,11 +35,20 @@ from lincore.generators import (
     VelocityMLP,
     bits_per_dim,
 )
-from lincore.metrics import energy_distance, frechet_distance, mmd, psnr, sliced_wasserstein
+from lincore.metrics import (
+    energy_distance,
+    frechet_distance,
+    median_seconds,
+    mmd,
+    psnr,
+    sliced_wasserstein,
+)
 from lincore.operators.time_low_rank import TimeLowRank
 from lincore.sampling import collapse
 from lincore.toys import toy
 from lincore.training import fit
+from pipelines.config import DataConfig
+from pipelines.data import build as build_dataset
 
 STEPS = 100
 
@@ -55,20 +63,13 @@ class Data:
 
 
 def load(name: str, seed: int = 0) -> Data:
-    """Toys are generated; digits ship inside scikit-learn (1,797 8x8 images, values 0..16)."""
+    """Toys are generated; digits ship inside scikit-learn (1,797 8x8 images, 17 grey levels)."""
     if name != "digits":
         return Data(
             name, toy(name, 20000, seed=seed).float(), toy(name, 2000, seed=seed + 1).float()
         )
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    # uniform dequantisation of the 17 grey levels: a density on [0, 1]^64 whose NLL, at 17 bins,
-    # bounds the discrete one (the raw digits have constant pixels: no density at all)
-    levels = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1)
-    u = torch.rand(levels.shape, generator=torch.Generator().manual_seed(seed + 2))
-    x = (levels + u) / 17.0
-    y = torch.tensor(d.target)
+    digits = build_dataset(DataConfig(name="digits", seed=seed))  # dequantised, as the pipeline's
+    x, y = torch.from_numpy(digits.x), torch.from_numpy(digits.labels)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     train, test = perm[:1437], perm[1437:]
     return Data(name, x[train], x[test], y[train], y[test])
@@ -91,14 +92,10 @@ def build_linearizer(data: Data) -> OneStepFlowMatching:
 def build_baseline(data: Data, target_params: int) -> FlowMatchingBaseline:
     """An MLP velocity with about ``target_params`` parameters (3 hidden layers)."""
     shape = tuple(data.train.shape[1:])
-    dim = math.prod(shape)
     hidden = 16
-    while True:  # grow the width until the parameter count matches the Linearizer's
-        params = (dim + 32) * hidden + 2 * hidden * hidden + hidden * dim + 3 * hidden + dim
-        if params >= target_params:
-            break
-        hidden += 8
-    return FlowMatchingBaseline(VelocityMLP(shape, hidden=hidden, depth=3))
+    while n_params(velocity := VelocityMLP(shape, hidden=hidden, depth=3)) < target_params:
+        hidden += 8  # grow the width until the parameter count matches the Linearizer's
+    return FlowMatchingBaseline(velocity)
 
 
 def n_params(m: torch.nn.Module) -> int:

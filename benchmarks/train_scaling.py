@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cfg_data = DataConfig(name="digits")
         for name, part in data.split(data.build(cfg_data), cfg_data).items():
             data.write_split(Path(tmp) / f"{name}.parquet", part, seed=0)
+        n = len(data.read_split(Path(tmp) / "train.parquet")[0])
         t0 = time.perf_counter()
         ray_runtime.init()
         init_s = time.perf_counter() - t0
@@ -47,7 +48,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             history = train_loop.load_result_state(result)["history"]
             steady = history[1:] or history  # the first epoch includes lazy start-up
             epoch_s = sum(h["epoch_seconds"] for h in steady) / len(steady)
-            n = len(data.read_split(Path(tmp) / "train.parquet")[0])
             rows.append({"workers": workers, "samples/s": n / epoch_s, "fit wall s": wall,
                          "epochs s": sum(h["epoch_seconds"] for h in history),
                          "start-up + teardown share": 1 - sum(h["epoch_seconds"] for h in history)

@@ -8,7 +8,9 @@ classifier trained here), and invertibility of ``g``. Inputs are ``(N, ...)`` ba
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+import time
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -113,6 +115,17 @@ def frechet_distance(fx: Tensor, fy: Tensor) -> float:
     root_a = _sqrtm_psd(ca)
     cross = _sqrtm_psd(root_a @ cb @ root_a)
     return float(mu.pow(2).sum() + torch.trace(ca + cb - 2 * cross))
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 @torch.no_grad()

@@ -21,12 +21,9 @@ from pipelines.io import atomic_path
 
 def build_model(cfg: ModelConfig, shape: tuple[int, ...], *, seed: int = 0) -> OneStepFlowMatching:
     """The one-step generator for samples of ``shape``, from ``params.yaml``'s ``model``."""
+    # params.yaml spells each loss weight ``w_<term>``: one key per LossWeights field
     weights = LossWeights(
-        latent=cfg.w_latent,
-        noise_reconstruction=cfg.w_noise_reconstruction,
-        data_reconstruction=cfg.w_data_reconstruction,
-        prediction=cfg.w_prediction,
-        data_likelihood=cfg.w_data_likelihood,
+        **{f.name: getattr(cfg, f"w_{f.name}") for f in dataclasses.fields(LossWeights)}
     )
     return OneStepFlowMatching.build(
         shape,

@@ -6,10 +6,11 @@ An interrupted stage leaves the previous output intact, never a half-written one
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,5 +40,15 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     return write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, default=float)))
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return write_atomic(path, lambda p: p.write_text(text))
+def write_csv(
+    path: str | os.PathLike[str], rows: list[dict[str, Any]], columns: Sequence[str]
+) -> Path:
+    """``rows`` as CSV with exactly ``columns`` (other keys are left out): DVC's plot format."""
+
+    def write(p: Path) -> None:
+        with p.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    return write_atomic(path, write)

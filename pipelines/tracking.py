@@ -9,9 +9,13 @@ from __future__ import annotations
 import os
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines.config import MlflowConfig, resolve
 from pipelines.errors import ServiceError
+
+if TYPE_CHECKING:
+    from pipelines.sampler import OneStepSampler
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "numpy", "pyarrow==25.0.1"]
 
@@ -64,17 +68,18 @@ def setup(cfg: MlflowConfig) -> str:
 
 
 def log_sampler_model(
-    checkpoint_path: Path, dim: int, *, registered_name: str | None = None
+    checkpoint_path: Path, sampler: OneStepSampler, *, registered_name: str | None = None
 ) -> str:
-    """Log the one-step sampler as a code-defined pyfunc model; returns its model URI."""
+    """Log ``checkpoint_path`` as a code-defined pyfunc model; returns its model URI.
+
+    ``sampler``, already built from the same weights, supplies the signature's example.
+    """
     import mlflow
-    import numpy as np
+    import torch
 
-    from pipelines.sampler import OneStepSampler
-
-    sampler = OneStepSampler.from_checkpoint(checkpoint_path)
-    noise = np.random.default_rng(0).standard_normal((2, dim)).astype(np.float32)
-    out = sampler.from_noise(__import__("torch").from_numpy(noise).reshape(2, *sampler.event_shape))
+    noise = torch.randn(2, *sampler.event_shape, generator=torch.Generator().manual_seed(0))
+    out = sampler.from_noise(noise)
+    noise = noise.reshape(2, -1).numpy()
     signature = mlflow.models.infer_signature(noise, out.reshape(2, -1).numpy())
     root = Path(__file__).resolve().parent.parent
     info = mlflow.pyfunc.log_model(

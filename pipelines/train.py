@@ -12,15 +12,13 @@ interrupted (same Ray run name). Writes ``models/model.pt`` (state dict + config
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 
 from pipelines import checkpoint, figures, ray_runtime, tracking, train_loop
 from pipelines import config as config_mod
 from pipelines.data import read_split
 from pipelines.errors import ConfigError, cli
-from pipelines.io import write_json, write_text
+from pipelines.io import write_csv, write_json
 
 LOSS_COLUMNS = ("epoch", "train_loss", "val_loss", "roundtrip_error")
 
@@ -32,15 +30,6 @@ def check_rank(rank: int, shape: tuple[int, ...]) -> None:
             f"model.rank={rank} is impossible for samples of shape {shape}: the latent "
             f"dimension is {dim}, so the rank must be in 1..{dim}"
         )
-
-
-def history_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOSS_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: r[k] for k in LOSS_COLUMNS})
-    return buf.getvalue()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.load_state_dict(state["model"])
     model_path = out / "model.pt"
     checkpoint.save(model_path, model, cfg.model, shape, run_name=run_name, source=meta["source"])
-    write_text(plots / "loss.csv", history_csv(history))
+    write_csv(plots / "loss.csv", history, LOSS_COLUMNS)
     epochs = [int(r["epoch"]) + 1 for r in history]
     loss_fig = figures.curves(
         epochs,
@@ -105,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
             figures.samples(grid, reference=xv, title="one-step samples (end of training)"),
             "samples/train_end_grid.png",
         )
-        model_uri = tracking.log_sampler_model(model_path, math.prod(shape))
+        model_uri = tracking.log_sampler_model(model_path, sampler)
         run_id = run.info.run_id
     figures.save_png(loss_fig, plots / "loss.png")
     final = history[-1]

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lincore.metrics import roundtrip_error
 from pipelines.checkpoint import build_model
 from pipelines.config import Config, ModelConfig, TrainConfig, resolve
 from pipelines.data import read_split
@@ -39,11 +38,8 @@ def _val_metrics(model: Any, xv: torch.Tensor, seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     with torch.no_grad():
         terms = {f"val_{k}": float(v) for k, v in model(xv).items()}
-        terms["roundtrip_error"] = roundtrip_error(
-            model.g_data or model.g, xv, cond=None if model.g_data is not None else 1.0
-        )
+        terms["roundtrip_error"] = model.roundtrip_error(xv)
     torch.random.set_rng_state(state)
-    terms["val_loss"] = terms.pop("val_loss")
     return terms
 
 

@@ -18,6 +18,7 @@ from lincore.generators import (
 from lincore.operators.time_low_rank import TimeLowRank
 from lincore.testing import far_from_identity
 from lincore.toys import toy
+from lincore.training import fit
 
 F64 = torch.float64
 TOL = {"atol": 1e-9, "rtol": 1e-9}
@@ -36,16 +37,7 @@ def model(dim: int = 4, rank: int = 2, *, two_networks: bool = False, seed: int 
 
 
 def train(m: OneStepFlowMatching, data: torch.Tensor, steps: int, lr: float = 3e-3) -> list[float]:
-    opt = torch.optim.Adam(m.parameters(), lr=lr)
-    losses = []
-    for i in range(steps):
-        batch = data[torch.randint(len(data), (128,), generator=torch.Generator().manual_seed(i))]
-        loss = m(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return fit(m, data, steps=steps, batch_size=128, lr=lr)
 
 
 @pytest.mark.parametrize("method", ["euler", "rk4"])
@@ -187,15 +179,18 @@ def test_baseline_learns_and_its_one_step_sampler_is_one_euler_jump():
     torch.manual_seed(0)
     base = FlowMatchingBaseline(VelocityMLP((2,), hidden=64, depth=2)).double()
     data = toy("moons", 2048)
-    opt = torch.optim.Adam(base.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(200):
-        loss = base(data[torch.randint(2048, (128,))])["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = fit(base, data, steps=200, batch_size=128, lr=3e-3)
     assert sum(losses[-20:]) < 0.8 * sum(losses[:20])
     x0 = torch.randn(4, 2, dtype=F64)
     jump = x0 + base.velocity(x0, torch.zeros(4, dtype=F64))
     torch.testing.assert_close(base.sample(x0, 1), jump)
+
+
+def test_fit_needs_one_budget_and_stops_on_a_non_finite_loss():
+    m = model()
+    with pytest.raises(ValueError, match="exactly one of steps= or seconds="):
+        fit(m, torch.randn(16, 4, dtype=F64))
+    bad = torch.full((16, 4), 1e300, dtype=F64)  # overflows the loss to inf
+    m.g.check_finite = False
+    with pytest.raises(FloatingPointError, match="at step 0; lower the learning rate"):
+        fit(m, bad, steps=3, batch_size=4)

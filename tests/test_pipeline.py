@@ -197,3 +197,14 @@ def test_an_unreachable_ray_address_is_refused(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     with pytest.raises(ServiceError, match="cannot reach the Ray cluster at RAY_ADDRESS"):
         ray_runtime.init()
+
+
+def test_every_loss_weight_is_a_params_key():
+    from dataclasses import fields
+
+    from lincore.generators import LossWeights
+
+    cfg = ModelConfig(rank=2, depth=2, hidden=8, w_latent=2.0, w_data_likelihood=0.0)
+    model = checkpoint.build_model(cfg, (4,))
+    assert model.weights.latent == 2.0 and model.weights.data_likelihood == 0.0
+    assert {f"w_{f.name}" for f in fields(LossWeights)} <= {f.name for f in fields(ModelConfig)}

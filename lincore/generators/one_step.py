@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from lincore._checks import check_int, check_tensor
 from lincore.inn import CouplingFlow, Flow, ImageFlow, Reshaped
+from lincore.metrics import max_error
 from lincore.operators.time_low_rank import TimeLowRank
 from lincore.sampling import CollapsedSampler, Method, collapse, sample_latent
 
@@ -164,6 +165,11 @@ class OneStepFlowMatching(nn.Module):
         net, cond = self._net(domain)
         out = net.forward_and_log_det(x, cond=cond)
         return out.out.flatten(1), out.log_det
+
+    @torch.no_grad()
+    def roundtrip_error(self, x: Tensor, domain: int = 1) -> float:
+        """``max|g^-1(g(x; domain); domain) - x|``: is ``g`` still a bijection at this precision?"""
+        return max_error(self.decode(self.encode(x, domain), domain), x)
 
     # --- training -----------------------------------------------------------------------------
     def forward(
