@@ -61,11 +61,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     model = build_model(model_cfg, shape, seed=train_cfg.seed)
     x_t, xv_t = torch.from_numpy(x), torch.from_numpy(xv[:512])
-    if model_cfg.flow == "image":
-        with torch.no_grad():
-            model.g.initialize_from(x_t[:256], cond=None if model.g_data else 1.0)
-            if model.g_data is not None:
-                model.g_data.initialize_from(x_t[:256])
+    model.initialize_from(x_t[:256])  # ActNorm (image flows); overwritten by a resumed state
     opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     start, history = 0, []
     resumed = ray.train.get_checkpoint()

@@ -110,7 +110,8 @@ class OneStepFlowMatching(nn.Module):
         """The standard model for data of ``event_shape``, from the knobs ``params.yaml`` sweeps.
 
         ``flow="coupling"`` flattens samples into a ``CouplingFlow`` (vectors, small images);
-        ``flow="image"`` keeps ``(C, H, W)`` for an ``ImageFlow`` (call ``initialize_from``).
+        ``flow="image"`` keeps ``(C, H, W)`` for an ``ImageFlow`` (call the model's
+        ``initialize_from(data_batch)`` before training).
         """
         dim = math.prod(event_shape)
         check_int("rank", rank, low=1, high=dim)
@@ -165,6 +166,15 @@ class OneStepFlowMatching(nn.Module):
         net, cond = self._net(domain)
         out = net.forward_and_log_det(x, cond=cond)
         return out.out.flatten(1), out.log_det
+
+    @torch.no_grad()
+    def initialize_from(self, x1: Tensor) -> None:
+        """Data-dependent ActNorm set-up: the data side from ``x1``, the noise side from
+        ``N(0, I)`` noise of the same shape (one conditional ``g`` shares its ActNorms, so the
+        data batch sets them). A no-op for flows without ActNorm."""
+        for domain, x in ((1, x1), (0, torch.randn_like(x1))):
+            net, cond = self._net(domain)
+            net.initialize_from(x, cond=cond)
 
     @torch.no_grad()
     def roundtrip_error(self, x: Tensor, domain: int = 1) -> float:
