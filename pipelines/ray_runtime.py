@@ -13,6 +13,11 @@ from urllib.parse import urlparse
 from pipelines.config import ROOT
 from pipelines.errors import ConfigError, ServiceError
 
+# Ray reads these when it is first imported (ray_constants.ENABLE_RAY_CLUSTER), so they are set
+# here, at import, not inside init(): the second one makes the local node 127.0.0.1 on Linux.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 
 def _reachable(address: str, timeout: float = 3.0) -> bool:
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
@@ -33,8 +38,6 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
     """
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # node address 127.0.0.1
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")

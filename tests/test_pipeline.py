@@ -208,3 +208,15 @@ def test_every_loss_weight_is_a_params_key():
     model = checkpoint.build_model(cfg, (4,))
     assert model.weights.latent == 2.0 and model.weights.data_likelihood == 0.0
     assert {f"w_{f.name}" for f in fields(LossWeights)} <= {f.name for f in fields(ModelConfig)}
+
+
+@pytest.mark.slow
+def test_the_local_ray_node_stays_on_loopback():
+    code = (
+        "from pipelines import ray_runtime; ray_runtime.init(dashboard=False); import ray; "
+        "print('node', ray.util.get_node_ip_address()); ray.shutdown()"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env=env, timeout=120)  # fmt: skip
+    assert "node 127.0.0.1" in r.stdout, r.stdout + r.stderr[-2000:]
