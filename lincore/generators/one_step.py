@@ -172,7 +172,10 @@ class OneStepFlowMatching(nn.Module):
         """Data-dependent ActNorm set-up: the data side from ``x1``, the noise side from
         ``N(0, I)`` noise of the same shape (one conditional ``g`` shares its ActNorms, so the
         data batch sets them). A no-op for flows without ActNorm."""
-        for domain, x in ((1, x1), (0, torch.randn_like(x1))):
+        # a private generator: set-up must not shift the global random stream training uses
+        gen = torch.Generator(device=x1.device).manual_seed(0)
+        noise = torch.randn(x1.shape, generator=gen, dtype=x1.dtype, device=x1.device)
+        for domain, x in ((1, x1), (0, noise)):
             net, cond = self._net(domain)
             net.initialize_from(x, cond=cond)
 
