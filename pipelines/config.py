@@ -91,23 +91,42 @@ class MlflowConfig:
     artifact_location: str = "mlartifacts"
 
 
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+SWEEP_METRICS = {"val_mmd": "min", "val_loss": "min"}
+TUNABLE_SECTIONS = ("model", "train")
+UNTUNABLE = frozenset(
+    f"train.{k}" for k in ("epochs", "num_workers", "use_gpu", "storage_path",
+                           "checkpoints_to_keep", "max_failures", "max_roundtrip_error")
+)  # fmt: skip
+
+
+def _default_space() -> dict[str, dict[str, list]]:
+    return {
+        "model.rank": {"choice": [2, 4, 8, 16, 32]},
+        "model.depth": {"choice": [2, 4, 6]},
+        "model.hidden": {"choice": [64, 128]},
+        "train.lr": {"loguniform": [0.0005, 0.005]},
+        "model.w_data_likelihood": {"uniform": [0.0, 1.0]},
+    }
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     num_samples: int = 4
     max_epochs: int = 6
     max_concurrent_trials: int = 2
-    workers_per_trial: int = 0
+    workers_per_trial: int = 1
     """Ray Train workers per trial; 0 trains inside the trial process (fastest on a laptop)"""
-    metric: str = "val_loss"
+    metric: str = "val_mmd"
     objectives: str = "single"
     """single | pareto (one-step MMD vs parameter count)"""
-    rank: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32])
-    depth: list[int] = field(default_factory=lambda: [2, 4, 6])
-    hidden: list[int] = field(default_factory=lambda: [64, 128])
-    lr: list[float] = field(default_factory=lambda: [0.0005, 0.005])
-    """log-uniform bounds"""
-    w_data_likelihood: list[float] = field(default_factory=lambda: [0.0, 1.0])
-    """uniform bounds"""
+    search: str = "optuna"
+    """optuna (TPE, or NSGA-II for pareto) | random"""
+    scheduler: str = "asha"
+    """asha | none"""
+    grace_period: int = 1
+    space: dict[str, Any] = field(default_factory=_default_space)
+    """``section.key: {distribution: [values or bounds]}``"""
     registry_name: str = "linearizer-one-step"
     seed: int = 0
 
@@ -133,6 +152,10 @@ class Config:
 def _check_value(key: str, value: Any, kind: Any) -> Any:
     """``value`` checked against the field's type (``int``, ``float``, ``bool``, ``str``,
     ``list[...]``); YAML gives ``3`` for a float field, so ints are accepted there."""
+    if typing.get_origin(kind) is dict:
+        if not isinstance(value, dict) or not value:
+            raise ConfigError(f"{key} must be a non-empty mapping, got {value!r}")
+        return value
     if typing.get_origin(kind) is list:
         if not isinstance(value, list) or not value:
             raise ConfigError(f"{key} must be a non-empty list, got {value!r}")
@@ -195,13 +218,81 @@ def _validate(cfg: Config) -> None:
     need(s.max_concurrent_trials >= 1, "sweep.max_concurrent_trials must be >= 1")
     need(s.workers_per_trial >= 0, "sweep.workers_per_trial must be >= 0")
     need(s.objectives in ("single", "pareto"), "sweep.objectives must be single or pareto")
-    need(min(s.rank) >= 1, f"sweep.rank values must be >= 1, got {s.rank}")
-    need(min(s.depth) >= 1, f"sweep.depth values must be >= 1, got {s.depth}")
-    need(min(s.hidden) >= 1, f"sweep.hidden values must be >= 1, got {s.hidden}")
-    need(len(s.lr) == 2 and 0 < s.lr[0] <= s.lr[1], f"sweep.lr must be [low, high] > 0, got {s.lr}")
     need(
-        len(s.w_data_likelihood) == 2 and 0 <= s.w_data_likelihood[0] <= s.w_data_likelihood[1],
-        f"sweep.w_data_likelihood must be [low, high] >= 0, got {s.w_data_likelihood}",
+        s.search in ("optuna", "random"), f"sweep.search must be optuna or random, got {s.search!r}"
+    )
+    need(
+        s.scheduler in ("asha", "none"),
+        f"sweep.scheduler must be asha or none, got {s.scheduler!r}",
+    )
+    need(
+        s.metric in SWEEP_METRICS,
+        f"sweep.metric {s.metric!r} is unknown; allowed: {', '.join(SWEEP_METRICS)}",
+    )
+    need(s.grace_period >= 1, f"sweep.grace_period must be >= 1, got {s.grace_period}")
+    for key, spec in s.space.items():
+        _check_dimension(cfg, key, spec)
+
+
+def _check_dimension(cfg: Config, key: str, spec: Any) -> None:
+    """One ``sweep.space`` entry: a tunable key, a known distribution, values that are valid."""
+    where = f"sweep.space.{key}"
+    section, _, name = key.partition(".")
+    kinds = (
+        typing.get_type_hints(type(getattr(cfg, section))) if section in TUNABLE_SECTIONS else {}
+    )
+    if name not in kinds or key in UNTUNABLE:
+        tunable = [
+            f"{s}.{k}"
+            for s in TUNABLE_SECTIONS
+            for k in typing.get_type_hints(type(getattr(cfg, s)))
+            if f"{s}.{k}" not in UNTUNABLE
+        ]
+        raise ConfigError(f"{where}: not a tunable key; tunable keys: {', '.join(tunable)}")
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ConfigError(
+            f"{where} must be one {{distribution: values}} pair, e.g. {{choice: [2, 4]}}"
+        )
+    ((dist, values),) = spec.items()
+    if dist not in DISTRIBUTIONS:
+        raise ConfigError(
+            f"{where}: unknown distribution {dist!r}; allowed: {', '.join(DISTRIBUTIONS)}"
+        )
+    kind = kinds[name]
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"{where}.{dist} must be a non-empty list, got {values!r}")
+    if dist != "choice":
+        numeric = kind is float or (kind is int and dist == "randint")
+        if not numeric or len(values) != 2:
+            raise ConfigError(
+                f"{where}.{dist} needs [low, high] bounds on a "
+                f"{'float' if dist != 'randint' else 'integer'} key ({key} is {kind.__name__})"
+            )
+        low, high = (_check_value(f"{where}.{dist}", v, kind) for v in values)
+        if not low <= high or (dist == "loguniform" and low <= 0):
+            raise ConfigError(f"{where}.{dist}: bounds must satisfy 0 < low <= high for loguniform "
+                              f"and low <= high otherwise, got {values}")  # fmt: skip
+        values = [low, high]
+    for v in values:
+        v = _check_value(f"{where}.{dist}", v, kind)
+        try:
+            _validate(dataclasses.replace(
+                cfg, **{section: dataclasses.replace(getattr(cfg, section), **{name: v})},
+                sweep=SweepConfig(space={}),
+            ))  # fmt: skip
+        except ConfigError as err:
+            raise ConfigError(f"{where}: value {v!r} is invalid: {err}") from None
+
+
+def apply_trial(cfg: Config, trial: dict[str, Any]) -> Config:
+    """``cfg`` with a trial's ``{"model.rank": 8, ...}`` values put in their sections."""
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in trial.items():
+        section, _, name = key.partition(".")
+        kind = typing.get_type_hints(type(getattr(cfg, section)))[name]
+        changes.setdefault(section, {})[name] = kind(value)
+    return dataclasses.replace(
+        cfg, **{sec: dataclasses.replace(getattr(cfg, sec), **kv) for sec, kv in changes.items()}
     )
 
 
@@ -235,7 +326,16 @@ def load(path: str | os.PathLike[str] = ROOT / "params.yaml") -> Config:
     return parse(raw)
 
 
-def resolve(path: str, *, base: Path = ROOT) -> Path:
+def project_root() -> Path:
+    """Where relative paths in params point: ``LINEARIZER_ROOT`` if set, else this checkout.
+
+    ``ray job submit`` runs the code in a temporary copy; setting the root (``--root``) keeps
+    data, checkpoints and MLflow in the user's project instead of that copy.
+    """
+    return Path(os.path.expanduser(os.environ.get("LINEARIZER_ROOT") or ROOT)).resolve()
+
+
+def resolve(path: str | os.PathLike[str], *, base: Path | None = None) -> Path:
     """An output/input path from params, absolute (``ray job submit`` runs in a copy)."""
     p = Path(os.path.expanduser(path))
-    return p if p.is_absolute() else (base / p).resolve()
+    return p if p.is_absolute() else ((base or project_root()) / p).resolve()

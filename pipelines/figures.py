@@ -100,3 +100,24 @@ def save_png(fig: Figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def pareto(x: list[float], y: list[float], front: list[bool], *, xlabel: str, ylabel: str,
+           labels: list[str] | None = None, title: str = "") -> Figure:  # fmt: skip
+    """Every trial as a point, the non-dominated ones joined into the Pareto front."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    on = np.asarray(front, dtype=bool)
+    ax.scatter(xs[~on], ys[~on], c="0.6", s=18, label="trial")
+    order = np.argsort(xs[on])
+    ax.plot(xs[on][order], ys[on][order], "-o", c="C3", ms=5, label="Pareto front")
+    for i, text in enumerate(labels or []):
+        ax.annotate(text, (xs[i], ys[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

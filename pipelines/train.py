@@ -20,7 +20,7 @@ from pipelines.data import read_split
 from pipelines.errors import ConfigError, cli
 from pipelines.io import write_csv, write_json
 
-LOSS_COLUMNS = ("epoch", "train_loss", "val_loss", "roundtrip_error")
+LOSS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_mmd", "roundtrip_error")
 
 
 def check_rank(rank: int, shape: tuple[int, ...]) -> None:

@@ -8,6 +8,7 @@ rank 0. A restarted worker group resumes from the latest checkpoint (``FailureCo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -15,11 +16,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from lincore.metrics import mmd
 from pipelines.checkpoint import build_model
 from pipelines.config import Config, ModelConfig, TrainConfig, resolve
 from pipelines.data import read_split
@@ -32,52 +34,118 @@ class NumericalFault(RuntimeError):
     """Training produced NaN/inf or a network that is no longer invertible in float32."""
 
 
-def _val_metrics(model: Any, xv: torch.Tensor, seed: int) -> dict[str, float]:
-    """Validation loss terms with fixed noise (comparable across epochs), and g's round trip."""
+def _val_metrics(model: Any, xv: torch.Tensor, seed: int, steps: int) -> dict[str, float]:
+    """Validation loss terms with fixed noise (comparable across epochs), ``g``'s round trip,
+    and ``val_mmd``: one-step samples against validation data, the quality a sweep compares
+    (the loss is not comparable across loss weights)."""
+    from pipelines.sampler import OneStepSampler
+
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     with torch.no_grad():
         terms = {f"val_{k}": float(v) for k, v in model(xv).items()}
         terms["roundtrip_error"] = model.roundtrip_error(xv)
+        ref = xv.cpu()
+        sampler = OneStepSampler(copy.deepcopy(model).cpu(), steps)
+        terms["val_mmd"] = mmd(sampler.sample(len(ref), seed=seed), ref)
     torch.random.set_rng_state(state)
     return terms
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch
+class Session(Protocol):
+    """Where the epoch loop runs: a Ray Train worker, or a Ray Tune trial process (sweeps)."""
 
+    world: int
+    rank: int
+    device: torch.device
+
+    def latest_state(self) -> dict[str, Any] | None: ...
+    def prepare(self, loader: DataLoader, model: torch.nn.Module) -> tuple[Any, Any]: ...
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
+
+
+def save_state(state: dict[str, Any], folder: str | Path) -> None:
+    torch.save(state, Path(folder) / STATE_FILE)
+
+
+def load_state_dir(folder: str | Path) -> dict[str, Any]:
+    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+class RayTrainSession:
+    """Ray Train worker: DDP through ``prepare_*``, checkpoints reported by rank 0."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.world, self.rank = ctx.get_world_size(), ctx.get_world_rank()
+        self.device = ray.train.torch.get_device()
+
+    def latest_state(self) -> dict[str, Any] | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            return load_state_dir(d)
+
+    def prepare(self, loader: DataLoader, model: torch.nn.Module) -> tuple[Any, Any]:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_data_loader(loader), ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if state is not None:
+                save_state(state, tmp)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt)  # every rank reports
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry point: ``fit_epochs`` in a Ray Train worker."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown ours
+    fit_epochs(config, RayTrainSession())
+
+
+def fit_epochs(config: dict[str, Any], session: Session) -> None:
+    """Train for ``config["epochs"]`` epochs from the session's latest state, reporting each.
+
+    The one training loop of the project: the train stage and every sweep trial run it.
+    """
     model_cfg, train_cfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
     epochs = int(config.get("epochs") or train_cfg.epochs)
-    ctx = ray.train.get_context()
-    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    steps = int(config.get("steps") or 100)
+    world, rank, device = session.world, session.rank, session.device
     if world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or world) // world))
     torch.manual_seed(train_cfg.seed + rank)
     x, _, meta = read_split(config["train_path"])
     xv, _, _ = read_split(config["val_path"])
     shape = tuple(meta["shape"])
-    device = ray.train.torch.get_device()
     model = build_model(model_cfg, shape, seed=train_cfg.seed)
     x_t, xv_t = torch.from_numpy(x), torch.from_numpy(xv[:512])
     model.initialize_from(x_t[:256])  # ActNorm (image flows); overwritten by a resumed state
     opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     start, history = 0, []
-    resumed = ray.train.get_checkpoint()
+    resumed = session.latest_state()
     if resumed is not None:
-        with resumed.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start, history = int(state["epoch"]) + 1, list(state["history"])
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optimizer"])
+        start, history = int(resumed["epoch"]) + 1, list(resumed["history"])
     per_worker = max(1, train_cfg.batch_size // max(world, 1))
     loader = DataLoader(
         TensorDataset(x_t), batch_size=per_worker, shuffle=True, drop_last=len(x) > per_worker
     )
-    loader = ray.train.torch.prepare_data_loader(loader)
-    ddp = ray.train.torch.prepare_model(model)
+    loader, ddp = session.prepare(loader, model)
     raw = getattr(ddp, "module", ddp)
+    num_params = sum(p.numel() for p in raw.parameters())
     xv_t = xv_t.to(device)
     for epoch in range(start, epochs):
         if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -85,7 +153,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ddp.train()
         total, batches, t0 = 0.0, 0, time.perf_counter()
         for step, (xb,) in enumerate(loader):
-            loss = ddp(xb)["loss"]
+            loss = ddp(xb.to(device))["loss"]
             if not torch.isfinite(loss):
                 raise NumericalFault(
                     f"loss is {loss.item()} at epoch {epoch}, step {step}: lower train.lr "
@@ -101,7 +169,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {
             "epoch": epoch,
             "train_loss": total / max(batches, 1),
-            **_val_metrics(raw, xv_t, seed=1234),
+            **_val_metrics(raw, xv_t, seed=1234, steps=steps),
+            "num_params": num_params,
             "epoch_seconds": time.perf_counter() - t0,
         }
         if metrics["roundtrip_error"] > train_cfg.max_roundtrip_error:
@@ -114,22 +183,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(
                 f"epoch {epoch + 1}/{epochs}  train_loss {metrics['train_loss']:.4f}  "
-                f"val_loss {metrics['val_loss']:.4f}  roundtrip {metrics['roundtrip_error']:.1e}",
+                f"val_loss {metrics['val_loss']:.4f}  val_mmd {metrics['val_mmd']:.4f}  "
+                f"roundtrip {metrics['roundtrip_error']:.1e}",
                 flush=True,
             )
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                state = {"model": raw.state_dict(), "optimizer": opt.state_dict(),
-                         "epoch": epoch, "history": history}  # fmt: skip
-                torch.save(state, Path(tmp) / STATE_FILE)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
+        state = None
+        if rank == 0:
+            state = {"model": raw.state_dict(), "optimizer": opt.state_dict(),
+                     "epoch": epoch, "history": history}  # fmt: skip
+        session.report(metrics, state)
 
 
 def unique_run_name(prefix: str = "train") -> str:
     """A fresh Ray run name: a reused one would silently resume an old run (STACK.md §9.3)."""
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def loop_config(
+    cfg: Config, train_path: Path, val_path: Path, *, epochs: int | None = None
+) -> dict[str, Any]:
+    """What ``fit_epochs`` needs, as plain data (it crosses process boundaries)."""
+    return {
+        "model": dataclasses.asdict(cfg.model),
+        "train": dataclasses.asdict(cfg.train),
+        "epochs": epochs,
+        "steps": cfg.evaluate.steps,
+        "train_path": str(train_path),
+        "val_path": str(val_path),
+    }
 
 
 def run(
@@ -150,13 +231,7 @@ def run(
     workers = t.num_workers if num_workers is None else num_workers
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "model": dataclasses.asdict(cfg.model),
-            "train": dataclasses.asdict(t),
-            "epochs": epochs,
-            "train_path": str(train_path),
-            "val_path": str(val_path),
-        },
+        train_loop_config=loop_config(cfg, train_path, val_path, epochs=epochs),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=t.use_gpu),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
@@ -185,4 +260,4 @@ def load_result_state(result: Any) -> dict[str, Any]:
     if result.checkpoint is None:
         raise LinearizerError("the training run finished without a checkpoint")
     with result.checkpoint.as_directory() as d:
-        return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        return load_state_dir(d)

@@ -1,2 +1,1 @@
-"""Ray Tune + Optuna searches over the rank of ``A``, the INN depth and the rest
-(``python -m sweeps.<name>``); they land with the sweep work."""
+"""Ray Tune + Optuna searches over the Linearizer's knobs (rank of ``A``, INN depth, ...)."""
