@@ -48,6 +48,8 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
                 f"cannot reach the Ray cluster at RAY_ADDRESS={address}; check `ray status` on "
                 "the head node, or unset RAY_ADDRESS to run on a local Ray"
             )
+        if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # a `ray job submit` driver: keep the
+            runtime_env = None  # job's own runtime env (its --working-dir reaches every node)
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as err:

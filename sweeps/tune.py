@@ -63,11 +63,11 @@ def with_overrides(cfg: config_mod.Config, args: argparse.Namespace) -> config_m
     )  # re-validated: flags get the checks params.yaml gets
 
 
-def check_trial_resources(sweep: config_mod.SweepConfig, use_gpu: bool) -> None:
-    """Concurrent trials times their workers must fit the cluster, or trials wait forever."""
-    import ray
-
-    res = ray.cluster_resources()
+def check_trial_resources(
+    sweep: config_mod.SweepConfig, use_gpu: bool, res: dict[str, float]
+) -> None:
+    """Concurrent trials times their workers must fit the cluster (``ray.cluster_resources()``),
+    or trials wait forever."""
     per_trial = max(sweep.workers_per_trial, 1)
     need = sweep.max_concurrent_trials * per_trial
     for kind, have in (("CPU", int(res.get("CPU", 0))), ("GPU", int(res.get("GPU", 0)))):
@@ -194,7 +194,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     exp_id = tracking.setup(cfg.mlflow)
     registry.claim(s.registry_name)
     ray_runtime.init(trial_driver=float(s.max_concurrent_trials))
-    check_trial_resources(s, cfg.train.use_gpu)
+    import ray
+
+    check_trial_resources(s, cfg.train.use_gpu, ray.cluster_resources())
 
     parent_id = find_parent(exp_id, name) if args.resume else None
     with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else name) as parent:
@@ -387,7 +389,11 @@ def summarise(
     write_csv(out / "trials.csv", rows, columns)
     table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows])
     write_atomic(out / "trials.parquet", lambda p: pq.write_table(table, p))
-    write_csv(out / "pareto.csv", ok, ["num_params", s.metric, "pareto", "trial_id"])
+    write_csv(
+        out / "pareto.csv",
+        [{**r, "objective": r[s.metric]} for r in ok],
+        ["num_params", "objective", "pareto", "trial_id"],
+    )
     best_params = {
         **results.nested({k: best[k] for k in s.space}),
         "objective": {

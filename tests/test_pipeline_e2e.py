@@ -1,5 +1,5 @@
-"""End to end in a temporary copy: `dvc repro` on a tiny configuration with 2 Ray Train workers,
-then everything read back through the real DVC, MLflow and Parquet APIs."""
+"""End to end in a temporary copy: `dvc repro` on a tiny configuration with 2 Ray Train workers
+and a 3-trial sweep, then everything read back through the real DVC, MLflow and Parquet APIs."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ data: {name: moons, n_samples: 600}
 model: {rank: 2, depth: 2, hidden: 16, operator_hidden: 16}
 train: {epochs: 2, batch_size: 64, num_workers: 2}
 evaluate: {steps: 20, grid: 16}
+sweep:
+  num_samples: 3
+  max_epochs: 2
+  max_concurrent_trials: 2
+  workers_per_trial: 0
+  space:
+    model.rank: {choice: [1, 2]}
+    model.depth: {choice: [1, 2, 3]}
+    train.lr: {loguniform: [0.001, 0.01]}
+  registry_name: e2e-sampler
 """
 
 
@@ -100,6 +110,50 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert grid.read_bytes()[:4] == b"\x89PNG"
 
+    check_sweep(proj, summary["tracking_uri"])
+
     # nothing changed: a second repro runs nothing
     again = sh([str(BIN / "dvc"), "repro"], proj, timeout=60).stdout
     assert "Data and pipelines are up to date" in again
+
+
+def check_sweep(proj: Path, uri: str) -> None:
+    """The sweep stage's outputs, its MLflow parent and children, and the registered model."""
+    import mlflow
+    import yaml
+    from mlflow import MlflowClient
+
+    trials = pq.read_table(proj / "results/sweep/trials.parquet").to_pylist()
+    assert len(trials) == 3 and all(t["status"] == "ok" for t in trials)
+    assert len({(t["model.rank"], t["model.depth"]) for t in trials}) >= 2
+    best = yaml.safe_load((proj / "results/sweep/best_params.yaml").read_text())
+    assert best["model"]["rank"] in (1, 2) and best["model"]["depth"] in (1, 2, 3)
+    assert best["objective"]["val_mmd"] == min(t["val_mmd"] for t in trials)
+    assert (proj / "results/sweep/pareto.png").read_bytes()[:4] == b"\x89PNG"
+    shown = sh([str(BIN / "dvc"), "metrics", "show", "--json"], proj).stdout
+    assert "best_params.yaml" in shown
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("linearizer")
+    parents = client.search_runs([exp.experiment_id], "tags.`linearizer.role` = 'parent'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    pid = parents[0].info.run_id
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{pid}'")
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    by_run = {t["mlflow_run_id"]: t for t in trials}
+    for child in children:  # each child carries its trial's params, epochs and final metrics
+        t = by_run[child.info.run_id]
+        assert child.data.params["model.rank"] == str(t["model.rank"])
+        assert child.data.params["model.depth"] == str(t["model.depth"])
+        history = client.get_metric_history(child.info.run_id, "val_mmd")
+        assert [m.step for m in history] == list(range(1, t["epochs"] + 1))
+        assert abs(child.data.metrics["final_mmd"] - t["final_mmd"]) < 1e-12
+    version = client.get_model_version_by_alias("e2e-sampler", "champion")
+    assert version.run_id == best_run_id(trials)
+    mlflow.set_tracking_uri(uri)
+    sampler = mlflow.pyfunc.load_model("models:/e2e-sampler@champion").unwrap_python_model().sampler
+    assert tuple(sampler.sample(4).shape) == (4, 2)
+
+
+def best_run_id(trials: list[dict]) -> str:
+    return min(trials, key=lambda t: t["val_mmd"])["mlflow_run_id"]
