@@ -55,6 +55,18 @@ def median_bandwidths(reference: Tensor, scales: Sequence[float] = BANDWIDTH_SCA
     return [s * med for s in scales]
 
 
+def mmd2(x: Tensor, y: Tensor, bandwidths: Sequence[float]) -> Tensor:
+    """Differentiable ``MMD^2`` (biased V-statistic, sum of RBF kernels) in ``x``'s dtype: a
+    training signal that two sample sets share a distribution."""
+    a, b = x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1)
+
+    def k(p: Tensor, q: Tensor) -> Tensor:
+        d2 = torch.cdist(p, q).pow(2)
+        return sum(torch.exp(-d2 / (2 * h * h)) for h in bandwidths).mean()
+
+    return k(a, a) + k(b, b) - 2 * k(a, b)
+
+
 def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] | None = None) -> float:
     """Maximum mean discrepancy with a sum of RBF kernels ``exp(-|a-b|^2 / (2 h^2))``.
 
@@ -63,13 +75,7 @@ def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] | None = None) -> floa
     """
     _check_pair("mmd", x, y)
     hs = list(bandwidths) if bandwidths is not None else median_bandwidths(y)
-    a, b = _flat64(x), _flat64(y)
-
-    def k(p: Tensor, q: Tensor) -> Tensor:
-        d2 = torch.cdist(p, q).pow(2)
-        return sum(torch.exp(-d2 / (2 * h * h)) for h in hs).mean()
-
-    return math.sqrt(max(float(k(a, a) + k(b, b) - 2 * k(a, b)), 0.0))
+    return math.sqrt(max(float(mmd2(_flat64(x), _flat64(y), hs)), 0.0))
 
 
 def sliced_wasserstein(x: Tensor, y: Tensor, *, projections: int = 256, seed: int = 0) -> float:

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sweep_dir = storage / name
     import mlflow
     from ray import tune
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     if args.resume and not tune.Tuner.can_restore(str(sweep_dir)):
         raise ConfigError(
@@ -219,7 +220,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"  interrupted? resume with: python -m sweeps.tune --resume {name}",
             flush=True,
         )
-        grid = fit(cfg, name, storage, sweep_dir, train_path, val_path, uri, parent_id, args.resume)
+        logger = MLflowLoggerCallback(
+            tracking_uri=uri,
+            experiment_name=cfg.mlflow.experiment,
+            tags={"mlflow.parentRunId": parent_id, PARENT_TAG: name},
+        )
+        grid = fit(cfg, sweep_dir, train_path, val_path, callbacks=[logger], resume=args.resume)
         summary = summarise(cfg, grid, shape, xv, exp_id, parent_id, sweep_dir, out)
     closed = close_orphans(exp_id, parent_id)
     if closed:
@@ -239,18 +245,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def fit(
     cfg: config_mod.Config,
-    name: str,
-    storage: Path,
     sweep_dir: Path,
     train_path: Path,
     val_path: Path,
-    uri: str,
-    parent_id: str,
-    resume: str | None,
+    *,
+    callbacks: list[Any] | None = None,
+    resume: str | None = None,
 ) -> Any:
-    """Run (or continue) the Tuner; returns its ``ResultGrid``."""
+    """Run (or continue) the Tuner named ``sweep_dir.name``; returns its ``ResultGrid``."""
     from ray import tune
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     s = cfg.sweep
     trainable = tune.with_parameters(
@@ -280,24 +283,18 @@ def fit(
                 **metric,
             ),
             run_config=tune.RunConfig(
-                name=name,
-                storage_path=str(storage),
+                name=sweep_dir.name,
+                storage_path=str(sweep_dir.parent),
                 failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
-                callbacks=[
-                    MLflowLoggerCallback(
-                        tracking_uri=uri,
-                        experiment_name=cfg.mlflow.experiment,
-                        tags={"mlflow.parentRunId": parent_id, PARENT_TAG: name},
-                    )
-                ],
+                callbacks=callbacks,
                 verbose=1,
             ),
         )
     grid = tuner.fit()
     if all(r.error is not None for r in grid):
         first = next(iter(grid)).error
-        raise LinearizerError(f"every trial of sweep {name} failed; the first: {first}")
+        raise LinearizerError(f"every trial of sweep {sweep_dir.name} failed; the first: {first}")
     return grid
 
 

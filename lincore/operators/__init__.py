@@ -3,6 +3,7 @@
 from lincore.operators.base import SVD, Composed, Factored, LinearOperator, factored_svd
 from lincore.operators.deep_linear import DeepLinear
 from lincore.operators.dense import Dense, LowRank
+from lincore.operators.depthwise import DepthwiseConv
 from lincore.operators.idempotent import Idempotent
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "Composed",
     "DeepLinear",
     "Dense",
+    "DepthwiseConv",
     "Factored",
     "Idempotent",
     "LinearOperator",
