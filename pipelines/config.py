@@ -322,7 +322,8 @@ def load(path: str | os.PathLike[str] = ROOT / "params.yaml") -> Config:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{p} is not valid YAML: {err}") from None
+        where = " ".join(str(err).split())  # one line: YAML's message spans several
+        raise ConfigError(f"{p} is not valid YAML: {where}") from None
     return parse(raw)
 
 
@@ -339,3 +340,27 @@ def resolve(path: str | os.PathLike[str], *, base: Path | None = None) -> Path:
     """An output/input path from params, absolute (``ray job submit`` runs in a copy)."""
     p = Path(os.path.expanduser(path))
     return p if p.is_absolute() else ((base or project_root()) / p).resolve()
+
+
+SOURCE_FOLDERS = ("lincore", "pipelines", "sweeps", "tests", "benchmarks", ".git", ".dvc")
+
+
+def output_path(path: str | os.PathLike[str], key: str) -> Path:
+    """Where an output goes, checked: a relative path must stay inside the project (no ``..``
+    escape) and no output may land in a source folder. An absolute path is the user's explicit
+    choice (shared storage on a cluster) and is kept."""
+    root = project_root()
+    raw = Path(os.path.expanduser(path))
+    p = resolve(raw)
+    if not raw.is_absolute() and not p.is_relative_to(root):
+        raise ConfigError(
+            f"{key}={str(path)!r} resolves to {p}, outside the project folder {root}; give a "
+            "path inside it (or an absolute path, on purpose)"
+        )
+    for folder in SOURCE_FOLDERS:
+        if p == root or p.is_relative_to(root / folder) or p.is_relative_to(ROOT / folder):
+            raise ConfigError(
+                f"{key}={str(path)!r} points into the project's source ({p}); outputs go in "
+                "their own folders (data/, models/, results/, ray_results/ ...)"
+            )
+    return p

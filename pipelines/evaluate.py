@@ -104,9 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--plots", default="plots")
     args = p.parse_args(argv)
     cfg = config_mod.load(args.params)
-    data_dir, model_dir, plots = (
-        config_mod.resolve(a) for a in (args.data, args.model, args.plots)
-    )
+    data_dir, model_dir = (config_mod.resolve(a) for a in (args.data, args.model))
+    plots = config_mod.output_path(args.plots, "--plots")
     test, _, meta = read_split(data_dir / "test.parquet")
     train, labels, _ = read_split(data_dir / "train.parquet")
     model, _ = checkpoint.load(model_dir / "model.pt")
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         figures.save_png(fig, plots / name)
     write_csv(plots / "steps.csv", rows, list(rows[0]))
     out = {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
-    write_json(config_mod.resolve(args.metrics), out)
+    write_json(config_mod.output_path(args.metrics, "--metrics"), out)
     width = max(len(k) for k in out)
     print(
         "\n".join(

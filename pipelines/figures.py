@@ -121,3 +121,26 @@ def pareto(x: list[float], y: list[float], front: list[bool], *, xlabel: str, yl
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def projection_arrows(inputs: np.ndarray, projected: np.ndarray, data: np.ndarray,
+                      samples: np.ndarray, *, title: str = "") -> Figure:  # fmt: skip
+    """2-D projector: data (grey), inputs joined to where ``f`` sends them, and ``f(noise)``."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    for ax in axes:
+        ax.scatter(*data[:2000].T, s=2, c="0.75", label="held-out data")
+    for a, b in zip(inputs, projected, strict=True):
+        axes[0].plot([a[0], b[0]], [a[1], b[1]], c="C0", lw=0.4, alpha=0.5)
+    axes[0].scatter(*projected.T, s=5, c="C3", label="f(input)")
+    axes[0].set_title("inputs -> f(inputs)", fontsize=9)
+    axes[1].scatter(*samples[:2000].T, s=2, c="C3", label="f(noise)")
+    axes[1].set_title("f(noise)", fontsize=9)
+    lim = np.abs(data).max() * 1.5
+    for ax in axes:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

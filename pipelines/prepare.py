@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     p.add_argument("--out", default="data/prepared")
     args = p.parse_args(argv)
     cfg = config_mod.load(args.params)
-    out = config_mod.resolve(args.out)
+    out = config_mod.output_path(args.out, "--out")
     ds = data.build(cfg.data)
     splits = data.split(ds, cfg.data)
     for name, part in tqdm(splits.items(), desc="writing Parquet", unit="split"):

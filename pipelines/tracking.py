@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.config import MlflowConfig, resolve
+from pipelines.config import MlflowConfig, output_path
 from pipelines.errors import ServiceError
 
 if TYPE_CHECKING:
@@ -23,14 +23,16 @@ PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "numpy", "pyarrow==25.0.1
 def tracking_uri(cfg: MlflowConfig) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(resolve(uri.removeprefix("sqlite:///")))
+        return "sqlite:///" + str(
+            output_path(uri.removeprefix("sqlite:///"), "mlflow.tracking_uri")
+        )
     return uri
 
 
 def artifact_location(cfg: MlflowConfig) -> str:
     if "://" in cfg.artifact_location:
         return cfg.artifact_location
-    return resolve(cfg.artifact_location).as_uri()
+    return output_path(cfg.artifact_location, "mlflow.artifact_location").as_uri()
 
 
 def check_reachable(uri: str) -> None:

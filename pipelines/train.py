@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     cfg = config_mod.load(args.params)
-    data_dir, out, plots = (config_mod.resolve(a) for a in (args.data, args.out, args.plots))
+    data_dir = config_mod.resolve(args.data)
+    out = config_mod.output_path(args.out, "--out")
+    plots = config_mod.output_path(args.plots, "--plots")
+    config_mod.output_path(cfg.train.storage_path, "train.storage_path")
     train_path, val_path = data_dir / "train.parquet", data_dir / "val.parquet"
     x, _, meta = read_split(train_path)
     xv, _, _ = read_split(val_path)

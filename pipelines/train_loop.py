@@ -26,6 +26,7 @@ from pipelines.checkpoint import build_model
 from pipelines.config import Config, ModelConfig, TrainConfig, resolve
 from pipelines.data import read_split
 from pipelines.errors import LinearizerError
+from pipelines.faults import maybe_fail
 
 STATE_FILE = "state.pt"
 
@@ -125,7 +126,6 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     world, rank, device = session.world, session.rank, session.device
     if world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or world) // world))
-    torch.manual_seed(train_cfg.seed + rank)
     x, _, meta = read_split(config["train_path"])
     xv, _, _ = read_split(config["val_path"])
     shape = tuple(meta["shape"])
@@ -150,10 +150,21 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     for epoch in range(start, epochs):
         if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
+        # each epoch's randomness is a function of (seed, rank, epoch): a run resumed from a
+        # checkpoint retraces exactly the epochs an undisturbed run would have trained
+        torch.manual_seed(train_cfg.seed + rank + 1_000_003 * epoch)
         ddp.train()
         total, batches, t0 = 0.0, 0, time.perf_counter()
         for step, (xb,) in enumerate(loader):
-            loss = ddp(xb.to(device))["loss"]
+            try:
+                loss = ddp(xb.to(device))["loss"]
+            except ValueError as err:  # a network's own finiteness check fired
+                if "NaN or inf" not in str(err):
+                    raise
+                raise NumericalFault(
+                    f"NaN/inf inside the networks at epoch {epoch}, step {step} ({err}): lower "
+                    f"train.lr (now {train_cfg.lr})"
+                ) from None
             if not torch.isfinite(loss):
                 raise NumericalFault(
                     f"loss is {loss.item()} at epoch {epoch}, step {step}: lower train.lr "
@@ -192,6 +203,7 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             state = {"model": raw.state_dict(), "optimizer": opt.state_dict(),
                      "epoch": epoch, "history": history}  # fmt: skip
         session.report(metrics, state)
+        maybe_fail("epoch", epoch)
 
 
 def unique_run_name(prefix: str = "train") -> str:

@@ -118,6 +118,30 @@ def search_setup(cfg: config_mod.Config) -> tuple[Any, Any, dict[str, Any]]:
     return search, scheduler, metric
 
 
+def attempt_logger() -> type:
+    """``MLflowLoggerCallback`` with one child run per *attempt*: when Tune retries a crashed
+    trial (``FailureConfig``), the crashed attempt's run ends FAILED and the retry logs into a
+    new run, instead of one run silently spanning both."""
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    class AttemptLogger(MLflowLoggerCallback):
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            run_id = self._trial_runs.pop(trial, None)
+            if run_id is not None:
+                self.mlflow_util.end_run(run_id=run_id, status="FAILED")
+
+        def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+            if trial not in self._trial_runs:  # a retried attempt: its own run
+                self.log_trial_start(trial)
+            super().log_trial_result(iteration, trial, result)
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            if trial in self._trial_runs:
+                super().log_trial_end(trial, failed)
+
+    return AttemptLogger
+
+
 def find_parent(experiment_id: str, name: str) -> str | None:
     import mlflow
 
@@ -166,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ConfigError("give --name for a new sweep or --resume for an old one, not both")
     cfg = with_overrides(config_mod.load(args.params), args)
     s = cfg.sweep
-    data_dir, out = config_mod.resolve(args.data), config_mod.resolve(args.out)
+    data_dir, out = config_mod.resolve(args.data), config_mod.output_path(args.out, "--out")
     train_path, val_path = data_dir / "train.parquet", data_dir / "val.parquet"
 
     from pipelines.data import read_split
@@ -178,12 +202,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     uri = tracking.tracking_uri(cfg.mlflow)
     tracking.check_reachable(uri)
 
-    storage = config_mod.resolve(cfg.train.storage_path)
+    storage = config_mod.output_path(cfg.train.storage_path, "train.storage_path")
     name = args.resume or args.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = storage / name
     import mlflow
     from ray import tune
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
 
     if args.resume and not tune.Tuner.can_restore(str(sweep_dir)):
         raise ConfigError(
@@ -220,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"  interrupted? resume with: python -m sweeps.tune --resume {name}",
             flush=True,
         )
-        logger = MLflowLoggerCallback(
+        logger = attempt_logger()(
             tracking_uri=uri,
             experiment_name=cfg.mlflow.experiment,
             tags={"mlflow.parentRunId": parent_id, PARENT_TAG: name},

@@ -29,6 +29,7 @@ class StyleTransfer(nn.Module):
 
     >>> import torch
     >>> m = StyleTransfer.build((3, 8, 8), styles=2, depth=1, hidden=8)
+    >>> m.initialize_from(torch.rand(4, 3, 8, 8))
     >>> m.transfer(torch.rand(2, 3, 8, 8), style=1).shape
     torch.Size([2, 3, 8, 8])
     """
