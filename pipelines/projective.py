@@ -31,7 +31,8 @@ from pipelines import figures
 from pipelines.errors import ConfigError, cli
 from pipelines.io import write_csv, write_json
 
-COLUMNS = ("data", "rank", "steps", "idempotency_error", "reconstruction_mse",
+COLUMNS = ("data", "rank", "steps", "idempotency_error", "idempotency_abs_error",
+           "max_abs_output", "reconstruction_mse",
            "reconstruction_psnr", "mmd", "swd", "energy", "frechet_classifier",
            "data_floor_mmd")  # fmt: skip
 
@@ -46,7 +47,12 @@ def score(p: ProjectiveGenerator, test: torch.Tensor, train: torch.Tensor,
                            torch.rand(500, *shape, generator=gen)]).double()  # fmt: skip
     p64 = copy.deepcopy(p).double()
     with torch.no_grad():
-        metrics = {"idempotency_error": p64.idempotency_error(any_input)}
+        f1 = p64.project(any_input)
+        metrics = {
+            "idempotency_error": p64.idempotency_error(any_input),
+            "idempotency_abs_error": float((p64.project(f1) - f1).abs().max()),
+            "max_abs_output": float(f1.abs().max()),
+        }
         back = p.project(test)
         samples = p.sample(len(test), generator=torch.Generator().manual_seed(1))
     lo, hi = float(test.min()), float(test.max())

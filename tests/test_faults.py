@@ -1,6 +1,6 @@
 """Faults injected on this machine: numerical blow-ups, a resumed run retracing an undisturbed
 one, a stage killed mid-write, a crashed sweep trial retried, a killed training driver resumed,
-and (slow) a worker node lost mid-training on a two-node cluster."""
+and (slow) a training worker killed mid-training on a two-node cluster."""
 
 from __future__ import annotations
 
@@ -201,7 +201,7 @@ def test_a_crashed_sweep_trial_is_retried_and_its_failed_attempt_recorded(projec
 
 
 @pytest.mark.slow
-def test_a_lost_worker_node_costs_one_checkpoint_interval_not_the_run(tmp_path):
+def test_a_killed_training_worker_costs_one_checkpoint_interval_not_the_run(tmp_path):
     out = tmp_path / "faults.json"
     r = subprocess.run(
         [str(BIN / "python"), "-m", "benchmarks.faults", "--epochs", "4", "--kill-after", "1",
