@@ -61,6 +61,8 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128
     lr: float = 0.002
+    lr_schedule: str = "cosine"
+    """cosine (to 0 over the run; a pure function of the step, so resumes match) | constant"""
     seed: int = 0
     num_workers: int = 1
     """Ray Train workers (DDP). 0 runs the loop in the driver process (no worker actors)"""
@@ -208,6 +210,10 @@ def _validate(cfg: Config) -> None:
     for key in ("epochs", "batch_size", "checkpoints_to_keep"):
         need(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
     need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    need(
+        t.lr_schedule in ("cosine", "constant"),
+        f"train.lr_schedule must be cosine or constant, got {t.lr_schedule!r}",
+    )
     need(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
     need(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
     need(t.max_roundtrip_error > 0, "train.max_roundtrip_error must be > 0")

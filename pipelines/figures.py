@@ -87,6 +87,11 @@ def curves(x: list[float], ys: dict[str, list[float]], *, xlabel: str, ylabel: s
         ax.plot(x, y, "-o", ms=3, label=name)
     if log_x:
         ax.set_xscale("log")
+    return _finish(fig, ax, xlabel, ylabel, title)
+
+
+def _finish(fig: Figure, ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> Figure:
+    """Labels, title, legend and grid: the shared look of the line and scatter charts."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -114,13 +119,7 @@ def pareto(x: list[float], y: list[float], front: list[bool], *, xlabel: str, yl
     for i, text in enumerate(labels or []):
         ax.annotate(text, (xs[i], ys[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, xlabel, ylabel, title)
 
 
 def projection_arrows(inputs: np.ndarray, projected: np.ndarray, data: np.ndarray,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 import time
@@ -109,9 +110,22 @@ class RayTrainSession:
             ray.train.report(metrics, checkpoint=ckpt)  # every rank reports
 
 
+def learning_rate(cfg: TrainConfig, epoch: int, step: int, steps: int, epochs: int) -> float:
+    """The step's learning rate: cosine from ``lr`` to 0 over the run, or constant. A function
+    of the position alone (no scheduler state), so a resumed run continues the same curve."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = (epoch * steps + step) / max(epochs * steps, 1)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's entry point: ``fit_epochs`` in a Ray Train worker."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown ours
+    from ray.train.v2._internal.execution import context as train_context
+
+    # per-report INFO lines drown ours; that module logs under its file path, not "ray.train"
+    for name in ("ray.train", train_context.__file__):
+        logging.getLogger(name).setLevel(logging.WARNING)
     fit_epochs(config, RayTrainSession())
 
 
@@ -172,6 +186,8 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(train_cfg, epoch, step, len(loader), epochs)
             opt.step()
             total, batches = total + loss.item(), batches + 1
         if not all(bool(torch.isfinite(p).all()) for p in raw.parameters()):

@@ -17,9 +17,7 @@ import yaml
 from lincore import CouplingFlow, Dense, Idempotent, Linearizer, filters
 from lincore.generators import ProjectiveGenerator, StyleTransfer
 from pipelines import cli as sample_cli
-from pipelines import data as data_mod
 from pipelines import evaluate, prepare, projective, style, train
-from pipelines.config import parse
 from pipelines.errors import cli
 from sweeps import tune
 
@@ -33,15 +31,6 @@ def params(tmp: Path, **sections: dict) -> str:
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(merged))
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("prepared")
-    cfg = parse({"data": {"name": "moons", "n_samples": 200}})
-    for name, part in data_mod.split(data_mod.build(cfg.data), cfg.data).items():
-        data_mod.write_split(folder / f"{name}.parquet", part, seed=0)
-    return folder
 
 
 def corrupt(prepared: Path, tmp: Path, kind: str) -> str:
@@ -184,13 +173,13 @@ def _write(tmp: Path, name: str, text: str) -> Path:
 
 
 @pytest.mark.parametrize(("case", "build", "words"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_bad_cli_input_exits_2_with_one_clear_line(case, build, words, tmp_path, prepared,
+def test_bad_cli_input_exits_2_with_one_clear_line(case, build, words, tmp_path, moons,
                                                     capsys, monkeypatch):  # fmt: skip
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     if case != "unreachable MLflow":  # never touch the project's own mlflow.db
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    main, argv = build(tmp_path, prepared)
+    main, argv = build(tmp_path, moons)
     with pytest.raises(SystemExit) as exit_:
         cli(main)(argv)
     err = capsys.readouterr().err

@@ -18,9 +18,9 @@ import pytest
 import torch
 from test_pipeline_e2e import BIN, copy_project, sh
 
-from pipelines import data as data_mod
 from pipelines import train_loop
 from pipelines.config import parse
+from pipelines.faults import InjectedFault
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,15 +42,6 @@ class FakeSession:
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         self.reports.append(metrics)
         self.state = copy.deepcopy(state)
-
-
-@pytest.fixture(scope="module")
-def moons(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("moons")
-    cfg = parse({"data": {"name": "moons", "n_samples": 600}})
-    for name, part in data_mod.split(data_mod.build(cfg.data), cfg.data).items():
-        data_mod.write_split(folder / f"{name}.parquet", part, seed=0)
-    return folder
 
 
 def loop_config(moons: Path, epochs: int = 3, **train: Any) -> dict[str, Any]:
@@ -78,13 +69,18 @@ def test_a_network_no_longer_invertible_in_float32_stops_the_run(moons):
     assert session.reports == []  # nothing reported from the broken epoch
 
 
-def test_a_resumed_run_retraces_an_undisturbed_one(moons):
-    """Each epoch's randomness depends on (seed, rank, epoch) only: 2 epochs, a checkpoint, then
-    1 more gives bit-for-bit the weights and metrics of 3 epochs straight."""
+def test_a_resumed_run_retraces_an_undisturbed_one(moons, tmp_path, monkeypatch):
+    """Each epoch's randomness (and learning rate) depends on (seed, rank, epoch, step) only: a
+    3-epoch run crashing after epoch 2, resumed from its checkpoint, ends bit for bit where
+    3 epochs straight do."""
     straight = FakeSession()
     train_loop.fit_epochs(loop_config(moons, 3), straight)
     first = FakeSession()
-    train_loop.fit_epochs(loop_config(moons, 2), first)
+    monkeypatch.setenv("LINEARIZER_FAULT", "epoch:1")
+    monkeypatch.setenv("LINEARIZER_FAULT_DIR", str(tmp_path))
+    with pytest.raises(InjectedFault, match="injected fault at epoch 1"):
+        train_loop.fit_epochs(loop_config(moons, 3), first)
+    assert [r["epoch"] for r in first.reports] == [0, 1]
     resumed = FakeSession(first.state)
     train_loop.fit_epochs(loop_config(moons, 3), resumed)
     assert len(resumed.reports) == 1 and resumed.reports[0]["epoch"] == 2  # only what was left
@@ -213,3 +209,13 @@ def test_a_killed_training_worker_costs_one_checkpoint_interval_not_the_run(tmp_
     assert result["disturbed"]["killed"] and not result["clean"]["killed"]
     assert result["disturbed"]["epochs"] == result["clean"]["epochs"] == 4
     assert result["max_relative_metric_gap"] < 1e-6  # the resumed run retraced the clean one
+
+
+def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
+    from pipelines.io import write_json
+
+    path = write_json(tmp_path / "out.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -308,3 +308,20 @@ def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+
+
+@pytest.mark.slow
+def test_a_pareto_sweep_writes_the_front_and_picks_its_best_from_it(project):
+    import pyarrow.parquet as pq
+
+    (project / "params.yaml").write_text(tiny(n=4, epochs=2, concurrent=2))
+    r = run_sweep(project, "--objectives", "pareto", "--name", "front")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    trials = pq.read_table(project / "results/sweep/trials.parquet").to_pylist()
+    assert len(trials) == 4 and all(t["epochs"] == 2 for t in trials)  # no ASHA cuts
+    points = [(t["val_mmd"], float(t["num_params"])) for t in trials]
+    assert [t["pareto"] for t in trials] == results.pareto_front(points)
+    best = yaml.safe_load((project / "results/sweep/best_params.yaml").read_text())["objective"]
+    on_front = [t for t in trials if t["pareto"]]
+    assert best["val_mmd"] == min(t["val_mmd"] for t in on_front)
+    assert (project / "results/sweep/pareto.png").read_bytes()[:4] == b"\x89PNG"
