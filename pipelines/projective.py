@@ -23,7 +23,14 @@ from tqdm import tqdm
 
 from lincore.classifier import fit_classifier
 from lincore.generators import ProjectiveGenerator
-from lincore.metrics import energy_distance, frechet_distance, mmd, psnr, sliced_wasserstein
+from lincore.metrics import (
+    energy_distance,
+    frechet_distance,
+    mmd,
+    psnr,
+    roundtrip_error,
+    sliced_wasserstein,
+)
 from lincore.training import fit
 from pipelines import config as config_mod
 from pipelines import data as data_mod
@@ -32,7 +39,7 @@ from pipelines.errors import ConfigError, cli
 from pipelines.io import write_csv, write_json
 
 COLUMNS = ("data", "rank", "steps", "idempotency_error", "idempotency_abs_error",
-           "max_abs_output", "reconstruction_mse",
+           "max_abs_output", "g_roundtrip_error_f32", "reconstruction_mse",
            "reconstruction_psnr", "mmd", "swd", "energy", "frechet_classifier",
            "data_floor_mmd")  # fmt: skip
 
@@ -55,6 +62,7 @@ def score(p: ProjectiveGenerator, test: torch.Tensor, train: torch.Tensor,
         }
         back = p.project(test)
         samples = p.sample(len(test), generator=torch.Generator().manual_seed(1))
+        metrics["g_roundtrip_error_f32"] = roundtrip_error(p.g, test)
     lo, hi = float(test.min()), float(test.max())
     metrics |= {
         "reconstruction_mse": float((back - test).pow(2).mean()),
@@ -125,6 +133,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = {"data": args.data, "rank": rank, "steps": len(losses),
                "train_seconds": time.perf_counter() - t0, **metrics}  # fmt: skip
         rows.append(row)
+        if metrics["g_roundtrip_error_f32"] > 1e-3:
+            err = metrics["g_roundtrip_error_f32"]
+            print(f"warning: rank {rank}: g is no longer invertible in float32 (round trip "
+                  f"{err:.3g}); training diverged, lower --lr")  # fmt: skip
         print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in row.items()))  # fmt: skip
         figures.save_png(

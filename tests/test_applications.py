@@ -184,3 +184,32 @@ def test_filter_definitions():
         filters.sepia(torch.rand(1, 1, 8, 8))
     with pytest.raises(ValueError, match="unknown style filter 'oil'"):
         filters.apply("oil", flat)
+
+
+def test_the_projective_command_writes_its_report(tmp_path):
+    import json
+
+    from pipelines import projective
+
+    rows = projective.main(["--data", "moons", "--ranks", "1", "--seconds", "1", "--depth", "2",
+                            "--hidden", "16", "--out", str(tmp_path)])  # fmt: skip
+    assert rows[0]["idempotency_error"] < 1e-9 and rows[0]["steps"] > 0
+    saved = json.loads((tmp_path / "moons_metrics.json").read_text())
+    assert saved[0]["rank"] == 1 and "reconstruction_mse" in saved[0] and "mmd" in saved[0]
+    assert (tmp_path / "moons_rank1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_style_command_writes_its_report(tmp_path):
+    from pipelines import style
+
+    out = style.main(["--styles", "sepia", "blur", "--new-style", "emboss", "--seconds", "2",
+                      "--depth", "1", "--hidden", "8", "--out", str(tmp_path)])  # fmt: skip
+    routes = [(r["style"], r["route"]) for r in out["rows"]]
+    assert routes[:2] == [("sepia", "joint (g + operators)"), ("blur", "joint (g + operators)")]
+    assert {r["route"] for r in out["rows"][2:]} == {
+        "new operator, g frozen",
+        "from scratch (g + operator)",
+    }
+    assert all(r["psnr"] > 0 for r in out["rows"])
+    for name in ("styles.png", "interpolation_blur_to_sepia.png", "metrics.json"):
+        assert (tmp_path / name).exists()
