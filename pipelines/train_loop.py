@@ -74,6 +74,14 @@ def load_state_dir(folder: str | Path) -> dict[str, Any]:
     return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def checkpoint_state(ckpt: Any) -> dict[str, Any] | None:
+    """The training state inside a Ray Train or Tune ``Checkpoint`` (``None`` for none)."""
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        return load_state_dir(d)
+
+
 class RayTrainSession:
     """Ray Train worker: DDP through ``prepare_*``, checkpoints reported by rank 0."""
 
@@ -88,11 +96,7 @@ class RayTrainSession:
     def latest_state(self) -> dict[str, Any] | None:
         import ray.train
 
-        ckpt = ray.train.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return load_state_dir(d)
+        return checkpoint_state(ray.train.get_checkpoint())
 
     def prepare(self, loader: DataLoader, model: torch.nn.Module) -> tuple[Any, Any]:
         import ray.train.torch
@@ -136,7 +140,7 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     """
     model_cfg, train_cfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
     epochs = int(config.get("epochs") or train_cfg.epochs)
-    steps = int(config.get("steps") or 100)
+    sampler_steps = int(config.get("steps") or 100)  # T of the collapsed sampler (val_mmd)
     world, rank, device = session.world, session.rank, session.device
     if world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or world) // world))
@@ -196,7 +200,7 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
         metrics = {
             "epoch": epoch,
             "train_loss": total / max(batches, 1),
-            **_val_metrics(raw, xv_t, seed=1234, steps=steps),
+            **_val_metrics(raw, xv_t, seed=1234, steps=sampler_steps),
             "num_params": num_params,
             "epoch_seconds": time.perf_counter() - t0,
         }
@@ -285,7 +289,7 @@ def run(
 
 def load_result_state(result: Any) -> dict[str, Any]:
     """The rank-0 state of the latest checkpoint: weights, optimizer, ``history`` per epoch."""
-    if result.checkpoint is None:
+    state = checkpoint_state(result.checkpoint)
+    if state is None:
         raise LinearizerError("the training run finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        return load_state_dir(d)
+    return state

@@ -31,11 +31,7 @@ class TuneSession:
     def latest_state(self) -> dict[str, Any] | None:
         from ray import tune
 
-        ckpt = tune.get_checkpoint()
-        if ckpt is None:
-            return None
-        with ckpt.as_directory() as d:
-            return train_loop.load_state_dir(d)
+        return train_loop.checkpoint_state(tune.get_checkpoint())
 
     def prepare(self, loader: DataLoader, model: torch.nn.Module) -> tuple[Any, Any]:
         return loader, model.to(self.device)
@@ -88,11 +84,7 @@ def final_state(result: Any) -> dict[str, Any] | None:
     """The last checkpointed state of a trial's ``ray.tune.Result``, wherever it lives."""
     import ray.train
 
-    if result.checkpoint is not None:
-        ckpt = result.checkpoint
-    elif (result.metrics or {}).get("checkpoint_path"):
+    ckpt = result.checkpoint  # in-process trials; Ray Train trials report the path instead
+    if ckpt is None and (result.metrics or {}).get("checkpoint_path"):
         ckpt = ray.train.Checkpoint(result.metrics["checkpoint_path"])
-    else:
-        return None
-    with ckpt.as_directory() as d:
-        return train_loop.load_state_dir(d)
+    return train_loop.checkpoint_state(ckpt)
