@@ -94,7 +94,7 @@ class MlflowConfig:
 
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
-SWEEP_METRICS = {"val_mmd": "min", "val_loss": "min"}
+SWEEP_METRICS = ("val_mmd", "val_loss")  # both minimised
 TUNABLE_SECTIONS = ("model", "train")
 UNTUNABLE = frozenset(
     f"train.{k}" for k in ("epochs", "num_workers", "use_gpu", "storage_path",

@@ -12,8 +12,6 @@ import torch
 from lincore.metrics import energy_distance, median_seconds, mmd, sliced_wasserstein
 from pipelines.sampler import OneStepSampler
 
-OBJECTIVES = {"single": None, "pareto": ("num_params", "min")}
-
 
 @torch.no_grad()
 def score(sampler: OneStepSampler, reference: np.ndarray) -> dict[str, float]:
