@@ -15,20 +15,18 @@ filter on held-out content, writes ``metrics.json``, interpolation strips and a 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from lincore import filters
 from lincore.generators import StyleTransfer
 from lincore.metrics import psnr
-from lincore.training import fit
 from pipelines import config as config_mod
 from pipelines import figures
 from pipelines.errors import ConfigError, cli
+from pipelines.fitting import fit_for
 from pipelines.io import write_json
 
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -71,15 +69,6 @@ def targets(content: torch.Tensor, styles: list[str]) -> torch.Tensor:
     return torch.stack([content, *(filters.apply(s, content) for s in styles)], 1)
 
 
-def train_for(model: StyleTransfer, batch: torch.Tensor, seconds: float, lr: float,
-              label: str) -> tuple[int, float]:  # fmt: skip
-    t0 = time.perf_counter()
-    with tqdm(desc=label, unit="step", leave=False, mininterval=1.0) as bar:
-        step = lambda i, loss, bar=bar: bar.update(1)  # noqa: E731
-        losses = fit(model, batch, seconds=seconds, batch_size=32, lr=lr, on_step=step)
-    return len(losses), time.perf_counter() - t0
-
-
 @torch.no_grad()
 def style_psnr(model: StyleTransfer, held: torch.Tensor, style: int, name: str) -> float:
     return psnr(model.transfer(held, style).clamp(0, 1), filters.apply(name, held))
@@ -110,7 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     model = StyleTransfer.build(shape, len(args.styles), depth=args.depth, hidden=args.hidden)
     model.initialize_from(train[:64])
-    steps, secs = train_for(model, targets(train, args.styles), args.seconds, args.lr, "styles")
+    steps, secs = fit_for(
+        model,
+        targets(train, args.styles),
+        seconds=args.seconds,
+        lr=args.lr,
+        batch_size=32,
+        label="styles",
+    )
     rows = [{"style": name, "route": "joint (g + operators)", "steps": steps, "seconds": secs,
              "psnr": style_psnr(model, held, i, name),
              "identity_psnr": psnr(held, filters.apply(name, held))}
@@ -124,13 +120,22 @@ def main(argv: list[str] | None = None) -> dict:
         op.requires_grad_(False)
     model.fit_styles = [k]
     budget = args.seconds / 4
-    steps, secs = train_for(model, targets(train, [new]), budget, 1e-2, "new operator")
+    steps, secs = fit_for(
+        model, targets(train, [new]), seconds=budget, lr=1e-2, batch_size=32, label="new operator"
+    )
     rows.append({"style": new, "route": "new operator, g frozen", "steps": steps,
                  "seconds": secs, "psnr": style_psnr(model, held, k, new)})  # fmt: skip
     torch.manual_seed(0)
     scratch = StyleTransfer.build(shape, 1, depth=args.depth, hidden=args.hidden)
     scratch.initialize_from(train[:64])
-    steps, secs = train_for(scratch, targets(train, [new]), budget, args.lr, "from scratch")
+    steps, secs = fit_for(
+        scratch,
+        targets(train, [new]),
+        seconds=budget,
+        lr=args.lr,
+        batch_size=32,
+        label="from scratch",
+    )
     rows.append({"style": new, "route": "from scratch (g + operator)", "steps": steps,
                  "seconds": secs, "psnr": style_psnr(scratch, held, 0, new),
                  "identity_psnr": psnr(held, filters.apply(new, held))})  # fmt: skip
