@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_pipeline_e2e import BIN, copy_project, sh
+from test_pipeline_e2e import BIN, clean_env, copy_project, sh
 
 from pipelines import train_loop
 from pipelines.config import parse
@@ -91,12 +91,6 @@ def test_a_resumed_run_retraces_an_undisturbed_one(moons, tmp_path, monkeypatch)
     assert straight.reports[-1]["roundtrip_error"] > 0  # the round trip is monitored each epoch
 
 
-def env_without_ray(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return {**env, **extra}
-
-
 @pytest.fixture
 def project(tmp_path) -> Path:
     proj = tmp_path / "proj"
@@ -119,7 +113,7 @@ def test_a_stage_killed_mid_write_leaves_no_half_written_output_and_reruns(proje
     (project / "params.yaml").write_text(params)
     killed = subprocess.run(
         [dvc, "repro", "prepare"], cwd=project, capture_output=True, text=True, timeout=120,
-        env=env_without_ray(LINEARIZER_FAULT="write:stats.json",
+        env=clean_env(LINEARIZER_FAULT="write:stats.json",
                             LINEARIZER_FAULT_DIR=str(tmp_path)),
     )  # fmt: skip
     assert killed.returncode != 0  # SIGKILLed after writing the temporary file
@@ -145,7 +139,7 @@ def test_a_killed_training_driver_resumes_without_retraining_finished_epochs(pro
     sh([str(BIN / "python"), "-m", "pipelines.prepare"], project, timeout=120)
     log = tmp_path / "train.log"
     proc = subprocess.Popen(
-        [str(BIN / "python"), "-u", "-m", "pipelines.train"], cwd=project, env=env_without_ray(),
+        [str(BIN / "python"), "-u", "-m", "pipelines.train"], cwd=project, env=clean_env(),
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     deadline = time.time() + 180
@@ -180,7 +174,7 @@ def test_a_crashed_sweep_trial_is_retried_and_its_failed_attempt_recorded(projec
     r = subprocess.run(
         [str(BIN / "python"), "-m", "sweeps.tune", "--name", "retry"], cwd=project,
         capture_output=True, text=True, timeout=300,
-        env=env_without_ray(LINEARIZER_FAULT="epoch:0", LINEARIZER_FAULT_DIR=str(tmp_path)),
+        env=clean_env(LINEARIZER_FAULT="epoch:0", LINEARIZER_FAULT_DIR=str(tmp_path)),
     )  # fmt: skip
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "injected fault at epoch 0" in r.stdout + r.stderr
@@ -202,7 +196,7 @@ def test_a_killed_training_worker_costs_one_checkpoint_interval_not_the_run(tmp_
     r = subprocess.run(
         [str(BIN / "python"), "-m", "benchmarks.faults", "--epochs", "4", "--kill-after", "1",
          "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=500, env=env_without_ray(),
+        cwd=ROOT, capture_output=True, text=True, timeout=500, env=clean_env(),
     )  # fmt: skip
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     result = json.loads(out.read_text())

@@ -46,10 +46,18 @@ def copy_project(dest: Path) -> None:
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
 
 
-def sh(cmd: list[str], cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without a cluster or tracking server of the caller's, the venv first on
+    PATH, plus ``extra``: subprocesses start their own local Ray and use the project's MLflow."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return {**env, **extra}
+
+
+def sh(cmd: list[str], cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
+    r = subprocess.run(
+        cmd, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline_e2e import BIN, copy_project, sh
+from test_pipeline_e2e import BIN, clean_env, copy_project, sh
 
 from pipelines.config import SweepConfig
 from pipelines.errors import ConfigError, ServiceError
@@ -130,7 +130,7 @@ def test_a_registry_name_bound_to_another_model_is_refused(tmp_path):
 
 
 def run_sweep(proj: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = clean_env()
     return subprocess.run(
         [sys.executable, "-m", "sweeps.tune", *args], cwd=proj, env=env,
         capture_output=True, text=True, timeout=timeout,
@@ -189,7 +189,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(project):
     (project / "params.yaml").write_text(tiny(n=3, epochs=3, concurrent=1))
     name = "killed"
     sweep_dir = project / "ray_results" / name
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = clean_env()
     log = (project / "first.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweeps.tune", "--name", name], cwd=project, env=env,
@@ -251,8 +251,7 @@ def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
     the sweep (Ray Train inside each trial) and writes into the project, not the job's copy."""
     (project / "params.yaml").write_text(tiny(n=2, epochs=2, concurrent=2, workers=1))
     gcs, dash = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
+    env = clean_env(RAY_USAGE_STATS_ENABLED="0")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
