@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_dir = config_mod.resolve(args.data)
     out = config_mod.output_path(args.out, "--out")
     plots = config_mod.output_path(args.plots, "--plots")
-    config_mod.output_path(cfg.train.storage_path, "train.storage_path")
+    config_mod.output_path(cfg.train.storage_path, "train.storage_path")  # fail before Ray starts
     train_path, val_path = data_dir / "train.parquet", data_dir / "val.parquet"
     x, _, meta = read_split(train_path)
     xv, _, _ = read_split(val_path)

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lincore.metrics import mmd
 from pipelines.checkpoint import build_model
-from pipelines.config import Config, ModelConfig, TrainConfig, resolve
+from pipelines.config import Config, ModelConfig, TrainConfig, output_path
 from pipelines.data import read_split
 from pipelines.errors import LinearizerError
 from pipelines.faults import maybe_fail
@@ -268,7 +268,7 @@ def run(
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(resolve(t.storage_path)),
+            storage_path=str(output_path(t.storage_path, "train.storage_path")),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             callbacks=callbacks,
