@@ -64,6 +64,13 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
         runtime_env=runtime_env,
         log_to_driver=True,
     )
+    # Ray's State API, which Ray Train's placement-group cleaner calls from inside its actors,
+    # finds the cluster through /tmp/ray/ray_current_cluster, and only `ray start` writes that
+    # file: a stale address there (a cluster started and stopped earlier) kills the cleaner,
+    # placement groups of stopped trials leak and the next trial waits forever (STACK.md §9.7).
+    from ray._private.utils import write_ray_address
+
+    write_ray_address(ray.get_runtime_context().gcs_address)
 
 
 def check_workers(num_workers: int, use_gpu: bool) -> None:

@@ -219,12 +219,20 @@ def test_every_loss_weight_is_a_params_key():
 
 
 @pytest.mark.slow
-def test_the_local_ray_node_stays_on_loopback():
+def test_the_local_ray_node_stays_on_loopback_and_is_the_one_ray_tools_find():
+    """Node address 127.0.0.1; and the address file Ray's State API reads names this cluster,
+    not a stale one left by an earlier `ray start` (which would kill Train's PG cleaner)."""
+    current = Path("/tmp/ray/ray_current_cluster")
+    current.parent.mkdir(parents=True, exist_ok=True)
+    current.write_text("127.0.0.1:1")  # a cluster long gone
     code = (
         "from pipelines import ray_runtime; ray_runtime.init(dashboard=False); import ray; "
-        "print('node', ray.util.get_node_ip_address()); ray.shutdown()"
+        "print('node', ray.util.get_node_ip_address()); "
+        "print('gcs', ray.get_runtime_context().gcs_address); ray.shutdown()"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                        env=env, timeout=120)  # fmt: skip
     assert "node 127.0.0.1" in r.stdout, r.stdout + r.stderr[-2000:]
+    gcs = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("gcs "))
+    assert gcs.startswith("127.0.0.1:") and current.read_text() == gcs
