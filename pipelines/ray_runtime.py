@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from urllib.parse import urlparse
 
 from pipelines.config import ROOT
@@ -55,6 +56,10 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise ServiceError(f"cannot join the Ray cluster at {address}: {err}") from None
         return
+    # A temp folder of its own (inherited by every Ray process it starts): two local pipelines on
+    # one machine, or one after a `ray start` cluster, then never read each other's address
+    # file (/tmp/ray/ray_current_cluster), see below.
+    os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="lzr-", dir="/tmp"))
     ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count() or 1,
@@ -65,9 +70,9 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
         log_to_driver=True,
     )
     # Ray's State API, which Ray Train's placement-group cleaner calls from inside its actors,
-    # finds the cluster through /tmp/ray/ray_current_cluster, and only `ray start` writes that
-    # file: a stale address there (a cluster started and stopped earlier) kills the cleaner,
-    # placement groups of stopped trials leak and the next trial waits forever (STACK.md §9.7).
+    # finds the cluster through <RAY_TMPDIR>/ray/ray_current_cluster, and only `ray start`
+    # writes that file: another cluster's address there kills the cleaner, placement groups of
+    # stopped trials leak and the next trial waits forever (STACK.md §9.7).
     from ray._private.utils import write_ray_address
 
     write_ray_address(ray.get_runtime_context().gcs_address)

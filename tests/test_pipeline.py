@@ -221,18 +221,24 @@ def test_every_loss_weight_is_a_params_key():
 @pytest.mark.slow
 def test_the_local_ray_node_stays_on_loopback_and_is_the_one_ray_tools_find():
     """Node address 127.0.0.1; and the address file Ray's State API reads names this cluster,
-    not a stale one left by an earlier `ray start` (which would kill Train's PG cleaner)."""
-    current = Path("/tmp/ray/ray_current_cluster")
-    current.parent.mkdir(parents=True, exist_ok=True)
-    current.write_text("127.0.0.1:1")  # a cluster long gone
+    not another one's (a stale `ray start`, or a second local pipeline): that would kill Ray
+    Train's placement-group cleaner and hang the next sweep trial."""
+    shared = Path("/tmp/ray/ray_current_cluster")
+    shared.parent.mkdir(parents=True, exist_ok=True)
+    shared.write_text("127.0.0.1:1")  # a cluster long gone
     code = (
-        "from pipelines import ray_runtime; ray_runtime.init(dashboard=False); import ray; "
+        "from pipelines import ray_runtime; ray_runtime.init(dashboard=False); import ray, os; "
+        "from ray._common.utils import get_ray_address_file as f; "
         "print('node', ray.util.get_node_ip_address()); "
-        "print('gcs', ray.get_runtime_context().gcs_address); ray.shutdown()"
+        "print('gcs', ray.get_runtime_context().gcs_address); "
+        "print('file', open(f(None)).read()); print('tmp', os.environ['RAY_TMPDIR']); "
+        "ray.shutdown()"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                        env=env, timeout=120)  # fmt: skip
     assert "node 127.0.0.1" in r.stdout, r.stdout + r.stderr[-2000:]
-    gcs = next(ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("gcs "))
-    assert gcs.startswith("127.0.0.1:") and current.read_text() == gcs
+    said = dict(ln.split(" ", 1) for ln in r.stdout.splitlines() if " " in ln)
+    assert said["gcs"].startswith("127.0.0.1:") and said["file"] == said["gcs"]
+    assert said["tmp"].startswith("/tmp/lzr-")  # its own folder: the shared file is untouched
+    assert shared.read_text() == "127.0.0.1:1"
