@@ -1,16 +1,27 @@
-"""One-step Linearizer flow matching against a standard flow-matching baseline, and the collapse.
+"""The one-step Linearizer against the baselines a user would pick instead, and the collapse.
 
-    python -m benchmarks.one_step [--quick] [--seconds S] [--datasets moons,digits] [--json F]
+    python -m benchmarks.one_step [--quick] [--seconds S] [--datasets moons,digits] [--ablation]
+                                  [--memory] [--json F]
 
-Table 1: on 2-D moons, checkerboard and scikit-learn digits, both models trained for the same
-wall-clock budget, then a row per (model, sampler): MMD, sliced Wasserstein and energy distance
-against held-out data (Fréchet distance in a digits classifier's features), exact NLL of the
-one-step generator, samples/s, speedup over the baseline's 100-step sampler, the one-step cost
-over the floor of one ``g`` pass each way, and the PSNR of the one-step output against the same
-model's multi-step sampler (Euler and RK4, T = 100).
+Table 1: on 2-D moons, checkerboard and scikit-learn digits, every model trained for the same
+wall-clock budget: the Linearizer (default ``isotropic_psd`` operator, and the original rank-only
+one), the same ``g`` trained as a plain normalizing flow (the likelihood reference), flow matching
+with an MLP velocity at 1, 10 and 100 Euler steps, and MeanFlow at 1 and 2 steps (both baselines
+with the Linearizer's parameter count). Columns: MMD, sliced Wasserstein and energy distance
+against held-out data (Fréchet distance ``fd`` in a digits classifier's features); for the
+invertible models, the NLL (bits/dim per bin of the 17 grey levels for digits), test data
+inverted to noise (median ``|e|^2 / D``, ``inv_energy``, and the fraction inside the 99% shell of
+``N(0, I)``, ``inv_shell``), interpolation midpoints of test pairs (``mid_mmd``, ``mid_fd``) and
+the fraction of sample pixels outside the data's range; samples/s, speedup over the 100-step
+baseline, one-step cost over one ``g`` pass each way, and the PSNR of one step against the same
+model's 100-step sampler (Euler and RK4).
 
-Table 2: memory (peak RSS, each case in a fresh process) and time of collapsing T = 100 steps of a
-rank-8 ``A_t`` with random weights, factored vs dense, at D = 64, 1024 and 12288.
+Table 2: time and memory (peak RSS, each case in a fresh process) of collapsing T = 100 steps of
+a rank-8 ``A_t`` with random weights: shared basis (``isotropic_psd``: rank 8 whatever T), and
+the rank-only operator factored or dense, at D = 64, 1024 and 12288.
+
+Table 3 (``--memory``): one training step at 3x64x64 (image flow, depth 6, rank 8), per operator.
+Table 4 (``--ablation``): digits, the kind of operator x the likelihood terms.
 """
 
 from __future__ import annotations
@@ -31,19 +42,26 @@ from lincore.classifier import FeatureClassifier, fit_classifier
 from lincore.generators import (
     FlowMatchingBaseline,
     LossWeights,
+    MaximumLikelihoodFlow,
+    MeanFlow,
+    MeanVelocityMLP,
     OneStepFlowMatching,
     VelocityMLP,
     bits_per_dim,
+    slerp,
 )
+from lincore.inn import CouplingFlow, Reshaped
 from lincore.metrics import (
     energy_distance,
     frechet_distance,
     median_seconds,
     mmd,
+    outside_range,
     psnr,
     sliced_wasserstein,
+    typicality,
 )
-from lincore.operators.time_low_rank import TimeLowRank
+from lincore.operators import time_operator
 from lincore.sampling import collapse
 from lincore.toys import toy
 from lincore.training import fit
@@ -75,18 +93,31 @@ def load(name: str, seed: int = 0) -> Data:
     return Data(name, x[train], x[test], y[train], y[test])
 
 
-def build_linearizer(data: Data) -> OneStepFlowMatching:
+def build_linearizer(
+    data: Data, operator: str = "isotropic_psd", weights: LossWeights | None = None
+) -> OneStepFlowMatching:
     shape = tuple(data.train.shape[1:])
-    dim = math.prod(shape)
-    if dim == 2:
+    weights = weights or LossWeights(data_likelihood=1.0)
+    torch.manual_seed(0)
+    if math.prod(shape) == 2:
         return OneStepFlowMatching.build(
-            shape, rank=2, depth=4, hidden=64, operator_hidden=64,
-            weights=LossWeights(data_likelihood=1.0),
+            shape, rank=2, depth=4, hidden=64, operator_hidden=64, operator=operator,
+            weights=weights,
         )  # fmt: skip
     return OneStepFlowMatching.build(
-        shape, rank=16, depth=8, hidden=256, operator_hidden=256,
-        weights=LossWeights(data_likelihood=1.0),
+        shape, rank=16, depth=8, hidden=256, operator_hidden=256, operator=operator,
+        weights=weights,
     )  # fmt: skip
+
+
+def build_flow(data: Data) -> MaximumLikelihoodFlow:
+    """The Linearizer's ``g`` (same depth and width, unconditional) as a plain normalizing flow."""
+    shape = tuple(data.train.shape[1:])
+    dim = math.prod(shape)
+    torch.manual_seed(0)
+    depth, hidden = (4, 64) if dim == 2 else (8, 256)
+    g = CouplingFlow(dim, depth, hidden)
+    return MaximumLikelihoodFlow(g if len(shape) == 1 else Reshaped(g, shape))
 
 
 def build_baseline(data: Data, target_params: int) -> FlowMatchingBaseline:
@@ -98,103 +129,220 @@ def build_baseline(data: Data, target_params: int) -> FlowMatchingBaseline:
     return FlowMatchingBaseline(velocity)
 
 
+def build_meanflow(data: Data, target_params: int) -> MeanFlow:
+    """MeanFlow with an MLP ``u(z, r, t)`` of about ``target_params`` parameters. One embedding
+    frequency (``embed_dim=2``): the top frequency enters its target through ``du/dr`` and the
+    default 32 rad made short runs erratic (see ``lincore.generators.meanflow``)."""
+    shape = tuple(data.train.shape[1:])
+    hidden = 16
+    while n_params(u := MeanVelocityMLP(shape, hidden=hidden, depth=3, embed_dim=2)) < (
+        target_params
+    ):
+        hidden += 8
+    return MeanFlow(u)
+
+
 def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def quality(x: Tensor, data: Data, clf: FeatureClassifier | None) -> dict[str, float]:
+def quality(x: Tensor, data: Data, clf: FeatureClassifier | None, prefix: str = "") -> dict:
     ref = data.test
     row = {
-        "mmd": mmd(x, ref),
-        "swd": sliced_wasserstein(x, ref),
-        "energy": energy_distance(x, ref),
+        f"{prefix}mmd": mmd(x, ref),
+        f"{prefix}swd": sliced_wasserstein(x, ref),
+        f"{prefix}energy": energy_distance(x, ref),
     }
+    if prefix:
+        row = {f"{prefix}mmd": row[f"{prefix}mmd"]}
     if clf is not None:
         with torch.no_grad():
-            row["fd"] = frechet_distance(clf.features(x), clf.features(ref))
+            row[f"{prefix}fd"] = frechet_distance(clf.features(x), clf.features(ref))
     return row
 
 
-def run_dataset(name: str, seconds: float, log: Callable[[str], None]) -> list[dict]:
-    data = load(name)
-    torch.manual_seed(0)
-    lin = build_linearizer(data)
-    base = build_baseline(data, n_params(lin))
-    log(f"[{name}] training the Linearizer ({n_params(lin):,} params) for {seconds:.0f} s")
-    lin_steps = len(fit(lin, data.train, seconds=seconds, lr=3e-3, batch_size=512))
-    log(f"[{name}] training the baseline ({n_params(base):,} params) for {seconds:.0f} s")
-    base_steps = len(fit(base, data.train, seconds=seconds, lr=2e-3, batch_size=512))
-    clf = None
-    if data.train_labels is not None:
-        clf = fit_classifier(data.train, data.train_labels, steps=1500)
-    lin.eval()
-    base.eval()
-    torch.set_grad_enabled(False)  # everything below is evaluation (restored in main)
-    n = len(data.test)
-    x0 = torch.randn(n, *data.train.shape[1:], generator=torch.Generator().manual_seed(1))
+def bins_of(data: Data) -> int | None:
+    return 17 if data.name == "digits" else None
 
-    lin.double()  # collapse, the exactness check and the NLL in float64; sampling in float32
+
+def coverage(
+    noise: Tensor, mid: Tensor, samples: Tensor, data: Data, clf: FeatureClassifier | None
+) -> dict[str, float]:
+    """What a degenerate generator gets wrong: test data inverted to ``noise`` should be typical
+    of ``N(0, I)``; midpoints ``mid`` should be as good as samples; images stay in range."""
+    typical = typicality(noise)
+    row = {"inv_energy": typical["median_energy"], "inv_shell": typical["inside_shell"]}
+    row |= quality(mid.float(), data, clf, prefix="mid_")
+    if data.name == "digits":
+        lo, hi = float(data.train.min()), float(data.train.max())
+        row["outside"] = outside_range(samples, lo, hi)
+    return row
+
+
+def pairs(data: Data) -> tuple[Tensor, Tensor]:
+    half = len(data.test) // 2
+    return data.test[:half], data.test[half : 2 * half]
+
+
+def linearizer_rows(
+    lin: OneStepFlowMatching, label: str, data: Data, clf: FeatureClassifier | None,
+    x0: Tensor, *, base_100: float, lin_steps: int, multi_step: bool = True,
+) -> list[dict]:  # fmt: skip
+    """Rows for a trained one-step Linearizer: 1 step (Euler and RK4 ``B``), and ``STEPS``."""
+    n = len(x0)
+    lin.eval()
+    lin.double()  # collapse, the exactness check, inversion and the NLL in float64
     t0 = time.perf_counter()
     b_euler = lin.collapse(STEPS, "euler")
     collapse_s = time.perf_counter() - t0
     b_rk4 = lin.collapse(STEPS, "rk4")
-    bins = 17 if name == "digits" else None
-    nll = bits_per_dim(lin.log_prob(data.test.double(), b_euler), lin.dim, bins=bins)
+    nll = bits_per_dim(lin.log_prob(data.test.double(), b_euler), lin.dim, bins=bins_of(data))
     x64 = x0.double()
     exact = {
         m: psnr(lin.sample_one_step(x64, b), lin.sample(x64, STEPS, m))
         for m, b in (("euler", b_euler), ("rk4", b_rk4))
     }
+    noise = lin.invert(data.test.double(), b_euler)
+    xa, xb = pairs(data)
+    mid = lin.interpolate(xa.double(), xb.double(), torch.tensor([0.5]), b_euler)[0]
     lin.float()
-    rows: list[dict] = []
-
-    base_100 = median_seconds(lambda: base.sample(x0, 100), 3)
     floor = median_seconds(lambda: lin.decode(lin.encode(x0, 0), 1), 9)
-
-    def add(model: str, sampler: str, x: Tensor, secs: float, **extra: float) -> None:
-        rows.append(
-            {
-                "data": name,
-                "model": model,
-                "sampler": sampler,
-                **quality(x.float(), data, clf),
-                "samples/s": n / secs,
-                "speedup vs base-100": base_100 / secs,
-                **extra,
-            }
-        )
-
-    for label, b, method in (
-        ("1 step (Euler B)", b_euler, "euler"),
-        ("1 step (RK4 B)", b_rk4, "rk4"),
-    ):
+    rows = []
+    for sampler, b, method in (("1 step (Euler B)", b_euler, "euler"),
+                               ("1 step (RK4 B)", b_rk4, "rk4")):  # fmt: skip
         secs = median_seconds(lambda b=b: lin.sample_one_step(x0, b), 9)
-        add(
-            "linearizer", label, lin.sample_one_step(x0, b), secs,
-            nll_bpd=nll, cost_over_floor=secs / floor, psnr_vs_multi=exact[method],
-            collapse_s=collapse_s, train_steps=lin_steps,
-        )  # fmt: skip
-    for method in ("euler", "rk4"):
+        x = lin.sample_one_step(x0, b)
+        extra = {}
+        if method == "euler":
+            extra = {"nll_bpd": nll, **coverage(noise, mid, x, data, clf)}
+        rows.append({
+            "model": label, "sampler": sampler, **quality(x, data, clf),
+            "samples/s": n / secs, "speedup vs base-100": base_100 / secs, **extra,
+            "cost_over_floor": secs / floor, "psnr_vs_multi": exact[method],
+            "collapse_s": collapse_s, "train_steps": lin_steps,
+        })  # fmt: skip
+    for method in ("euler", "rk4") if multi_step else ():
         secs = median_seconds(lambda m=method: lin.sample(x0, STEPS, m), 1)
-        add("linearizer", f"{STEPS} steps {method}", lin.sample(x0, STEPS, method), secs)
-    for steps in (1, 10, 100):
-        secs = median_seconds(lambda s=steps: base.sample(x0, s), 3)
-        add("baseline", f"{steps} steps euler", base.sample(x0, steps), secs,
-            train_steps=base_steps)  # fmt: skip
-    rows.append({"data": name, "model": "held-out data", "sampler": "-",
-                 **quality(load(name, seed=7).test if name != "digits" else data.train[:n],
-                           data, clf)})  # fmt: skip
+        rows.append({"model": label, "sampler": f"{STEPS} steps {method}",
+                     **quality(lin.sample(x0, STEPS, method), data, clf), "samples/s": n / secs,
+                     "speedup vs base-100": base_100 / secs})  # fmt: skip
     return rows
 
 
-# --- table 2: the collapse, factored vs dense ---------------------------------------------------
+def flow_rows(flow: MaximumLikelihoodFlow, data: Data, clf: FeatureClassifier | None,
+              x0: Tensor, *, base_100: float, steps: int) -> list[dict]:  # fmt: skip
+    flow.eval()
+    n = len(x0)
+    with torch.no_grad():
+        nll = bits_per_dim(flow.log_prob(data.test), math.prod(flow.event_shape),
+                           bins=bins_of(data))  # fmt: skip
+        xa, xb = pairs(data)
+        mid = flow.sample(slerp(flow.invert(xa), flow.invert(xb), 0.5))
+        x = flow.sample(x0)
+    secs = median_seconds(lambda: flow.sample(x0), 9)
+    return [{"model": "plain flow (same g, max. likelihood)", "sampler": "1 pass of g^-1",
+             **quality(x, data, clf), "samples/s": n / secs, "speedup vs base-100": base_100 / secs,
+             "nll_bpd": nll, **coverage(flow.invert(data.test), mid, x, data, clf),
+             "train_steps": steps}]  # fmt: skip
+
+
+OLD = "linearizer (original rank-only A_t)"
+
+
+def run_dataset(name: str, seconds: float, log: Callable[[str], None]) -> list[dict]:
+    """Every model trained for the same wall-clock ``seconds``, then scored on held-out data."""
+    data = load(name)
+    lin = build_linearizer(data)
+    old = build_linearizer(data, "low_rank")
+    budget = n_params(lin)
+    models: dict[str, torch.nn.Module] = {
+        "linearizer": lin,
+        OLD: old,
+        "plain flow": build_flow(data),
+        "flow matching": build_baseline(data, budget),
+        "meanflow": build_meanflow(data, budget),
+    }
+    lr = {"flow matching": 2e-3, "meanflow": 1e-3}
+    steps = {}
+    for label, model in models.items():
+        log(f"[{name}] training {label} ({n_params(model):,} params) for {seconds:.0f} s")
+        steps[label] = len(fit(model, data.train, seconds=seconds, lr=lr.get(label, 3e-3),
+                               batch_size=512))  # fmt: skip
+    clf = None
+    if data.train_labels is not None:
+        clf = fit_classifier(data.train, data.train_labels, steps=1500)
+    torch.set_grad_enabled(False)  # everything below is evaluation (restored in main)
+    n = len(data.test)
+    x0 = torch.randn(n, *data.train.shape[1:], generator=torch.Generator().manual_seed(1))
+    base, mean = models["flow matching"], models["meanflow"]
+    base.eval()
+    mean.eval()
+    base_100 = median_seconds(lambda: base.sample(x0, 100), 3)
+    rows = linearizer_rows(lin, "linearizer (isotropic_psd A_t)", data, clf, x0,
+                           base_100=base_100, lin_steps=steps["linearizer"])  # fmt: skip
+    rows += linearizer_rows(old, OLD, data, clf, x0, base_100=base_100, lin_steps=steps[OLD],
+                            multi_step=False)  # fmt: skip
+    rows += flow_rows(models["plain flow"], data, clf, x0, base_100=base_100,
+                      steps=steps["plain flow"])  # fmt: skip
+    for k in (1, 10, 100):
+        secs = median_seconds(lambda k=k: base.sample(x0, k), 3)
+        rows.append({"model": "flow matching (MLP velocity)", "sampler": f"{k} steps euler",
+                     **quality(base.sample(x0, k), data, clf), "samples/s": n / secs,
+                     "speedup vs base-100": base_100 / secs,
+                     "train_steps": steps["flow matching"]})  # fmt: skip
+    for k in (1, 2):
+        secs = median_seconds(lambda k=k: mean.sample(x0, k), 3)
+        rows.append({"model": "MeanFlow (MLP u)", "sampler": f"{k} step(s)",
+                     **quality(mean.sample(x0, k), data, clf), "samples/s": n / secs,
+                     "speedup vs base-100": base_100 / secs,
+                     "train_steps": steps["meanflow"]})  # fmt: skip
+    rows.append({"model": "held-out data", "sampler": "-",
+                 **quality(load(name, seed=7).test if name != "digits" else data.train[:n],
+                           data, clf)})  # fmt: skip
+    return [{"data": name, **r} for r in rows]
+
+
+ABLATION = {
+    "rank-only, data likelihood (old default)": ("low_rank", LossWeights(data_likelihood=1.0)),
+    "rank-only, paper objective": ("low_rank", LossWeights()),
+    "isotropic_low_rank, data likelihood": ("isotropic_low_rank", LossWeights(data_likelihood=1)),
+    "isotropic_psd, data likelihood (default)": ("isotropic_psd", LossWeights(data_likelihood=1)),
+    "isotropic_psd, paper objective": ("isotropic_psd", LossWeights()),
+    "isotropic_psd, data + one-step likelihood": (
+        "isotropic_psd", LossWeights(data_likelihood=1, one_step_likelihood=1)),
+    "isotropic_psd, one-step likelihood only": (
+        "isotropic_psd", LossWeights(one_step_likelihood=1)),
+}  # fmt: skip
+
+
+def ablation(seconds: float, log: Callable[[str], None]) -> list[dict]:
+    """Digits: the kind of operator x the likelihood terms, each for the same wall clock."""
+    data = load("digits")
+    clf = fit_classifier(data.train, data.train_labels, steps=1500)
+    x0 = torch.randn(len(data.test), 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    rows = []
+    for label, (kind, weights) in ABLATION.items():
+        torch.set_grad_enabled(True)
+        lin = build_linearizer(data, kind, weights)
+        log(f"[ablation] {label}: {n_params(lin):,} params, {seconds:.0f} s")
+        steps = len(fit(lin, data.train, seconds=seconds, lr=3e-3, batch_size=512))
+        torch.set_grad_enabled(False)
+        row = linearizer_rows(lin, label, data, clf, x0, base_100=float("nan"), lin_steps=steps,
+                              multi_step=False)[0]  # fmt: skip
+        rows.append({k: v for k, v in row.items() if k not in ("sampler", "speedup vs base-100")})
+    torch.set_grad_enabled(True)
+    return rows
+
+
+# --- table 2: the collapse: shared basis, factored and dense ------------------------------------
 def _collapse_case(dim: int, form: str, steps: int, rank: int, queue: mp.Queue) -> None:
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    op = TimeLowRank(dim, rank, hidden=64).double().requires_grad_(False)
+    kind = "isotropic_psd" if form == "shared basis" else "low_rank"
+    op = time_operator(kind, dim, rank, hidden=64).double().requires_grad_(False)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    b = collapse(op, steps, "euler", form=form)  # type: ignore[arg-type]
+    b = collapse(op, steps, "euler", form="auto" if kind != "low_rank" else form)  # type: ignore[arg-type]
     secs = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     z = torch.randn(64, dim, dtype=torch.float64)
@@ -202,21 +350,51 @@ def _collapse_case(dim: int, form: str, steps: int, rank: int, queue: mp.Queue) 
     stored = (
         sum(t.numel() for t in (b.matrix.W, b.matrix.Y)) * 8 if b.factored else b.matrix.numel() * 8
     )
-    queue.put({"D": dim, "form": form, "collapse_s": secs, "apply_64_ms": 1e3 * apply_s,
-               "stored_MB": stored / 2**20, "peak_rss_MB": peak / 1024})  # fmt: skip
+    queue.put({"D": dim, "operator": kind, "form": form, "collapse_s": secs,
+               "apply_64_ms": 1e3 * apply_s, "stored_MB": stored / 2**20,
+               "peak_rss_MB": peak / 1024})  # fmt: skip
+
+
+def _fresh_process(target: Callable, *args: object) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    row = queue.get()
+    proc.join()
+    return row
 
 
 def collapse_table(dims: list[int], steps: int = STEPS, rank: int = 8) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    rows = []
-    for dim in dims:
-        for form in ("factored", "dense"):
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_collapse_case, args=(dim, form, steps, rank, queue))
-            proc.start()
-            rows.append(queue.get())
-            proc.join()
-    return rows
+    forms = ("shared basis", "factored", "dense")
+    return [_fresh_process(_collapse_case, d, f, steps, rank) for d in dims for f in forms]
+
+
+# --- table 3: memory of one training step at CelebA size ------------------------------------------
+def _memory_case(kind: str, batch: int, shape: tuple[int, ...], queue: mp.Queue) -> None:
+    torch.set_num_threads(2)
+    model = OneStepFlowMatching.build(shape, rank=8, depth=6, hidden=128, operator_hidden=128,
+                                      operator=kind, flow="image")  # fmt: skip
+    x = torch.rand(batch, *shape)
+    model.initialize_from(x)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    for _ in range(2):  # the second step holds Adam's state too
+        loss = model(x)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    secs = (time.perf_counter() - t0) / 2
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    queue.put({"operator": kind, "shape": "x".join(map(str, shape)), "batch": batch,
+               "operator_params": n_params(model.operator), "all_params": n_params(model),
+               "step_peak_MB": peak / 1024, "step_s": secs})  # fmt: skip
+
+
+def memory_table(shape: tuple[int, ...] = (3, 64, 64)) -> list[dict]:
+    cases = [("low_rank", 16), ("isotropic_psd", 16), ("isotropic_psd", 64)]
+    return [_fresh_process(_memory_case, kind, batch, shape) for kind, batch in cases]
 
 
 def table(rows: list[dict]) -> str:
@@ -242,6 +420,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p.add_argument("--seconds", type=float, help="training budget per model and data set")
     p.add_argument("--datasets", default="moons,checkerboard,digits")
     p.add_argument("--collapse-dims", help="comma-separated D for table 2 (default by --quick)")
+    p.add_argument("--ablation", action="store_true", help="also table 4: operator x likelihood")
+    p.add_argument("--memory", action="store_true", help="also table 3: one step at 3x64x64")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)
     seconds = args.seconds or (20.0 if args.quick else 180.0)
@@ -251,15 +431,23 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     for name in args.datasets.split(","):
         quality_rows += run_dataset(name.strip(), seconds, print)
         torch.set_grad_enabled(True)
-    print("\n## One-step Linearizer vs flow-matching baseline (same wall-clock training)\n")
+    print("\n## One-step Linearizer vs baselines (same wall-clock training)\n")
     print(table(quality_rows))
+    out: dict[str, list[dict]] = {"quality": quality_rows}
+    if args.ablation:
+        out["ablation"] = ablation(seconds, print)
+        print("\n## Digits: kind of operator x likelihood terms (same wall-clock training)\n")
+        print(table(out["ablation"]))
     dims = [64, 1024] if args.quick else [64, 1024, 12288]
     if args.collapse_dims:
         dims = [int(d) for d in args.collapse_dims.split(",")]
-    collapse_rows = collapse_table(dims)
-    print(f"\n## Collapse of T={STEPS} Euler steps, rank 8, float64: factored vs dense\n")
-    print(table(collapse_rows))
-    out = {"quality": quality_rows, "collapse": collapse_rows}
+    out["collapse"] = collapse_table(dims)
+    print(f"\n## Collapse of T={STEPS} Euler steps, rank 8, float64\n")
+    print(table(out["collapse"]))
+    if args.memory:
+        out["memory"] = memory_table()
+        print("\n## One training step (forward, backward, Adam) at 3x64x64, image flow depth 6\n")
+        print(table(out["memory"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, default=float)

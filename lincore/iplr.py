@@ -32,6 +32,9 @@ class IdentityPlusLowRank:
     def dim(self) -> int:
         return self.W.shape[0]
 
+    def identity_like(self) -> IdentityPlusLowRank:
+        return IdentityPlusLowRank.identity(self.dim, like=self.W)
+
     @property
     def rank(self) -> int:
         """Columns of the low-rank part (an upper bound on its rank)."""
@@ -97,3 +100,55 @@ class IdentityPlusLowRank:
         # (aI + W Y^T)^-1 = (1/a) (I - W (a I_k + Y^T W)^-1 Y^T); rows: x = M^-1 z  <=>  x^T = ...
         core = self.alpha * torch.eye(k, dtype=z.dtype, device=z.device) + self.Y.T @ self.W
         return (z - torch.linalg.solve(core, (z @ self.Y).T).T @ self.W.T) / self.alpha
+
+
+@dataclass(frozen=True)
+class IdentityPlusBasis:
+    """``alpha I + U K V^T`` with the bases ``U, V (D, r)`` fixed and only the core ``K (r, r)``
+    free: sums and products of such matrices stay in the family (rank ``r``, never more), so a
+    sampler whose steps all share one basis collapses in ``O(T r^3)``, with ``O(D r)`` memory.
+    """
+
+    alpha: Tensor  # scalar
+    K: Tensor
+    U: Tensor
+    V: Tensor
+
+    def _like(self, alpha: Tensor, k: Tensor) -> IdentityPlusBasis:
+        return IdentityPlusBasis(alpha, k, self.U, self.V)
+
+    @property
+    def dim(self) -> int:
+        return self.U.shape[0]
+
+    @property
+    def rank(self) -> int:
+        return self.K.shape[0]
+
+    def identity_like(self) -> IdentityPlusBasis:
+        return self._like(torch.ones_like(self.alpha), torch.zeros_like(self.K))
+
+    def __add__(self, other: IdentityPlusBasis) -> IdentityPlusBasis:
+        return self._like(self.alpha + other.alpha, self.K + other.K)
+
+    def scaled(self, c: float | Tensor) -> IdentityPlusBasis:
+        return self._like(self.alpha * c, self.K * c)
+
+    def __matmul__(self, other: IdentityPlusBasis) -> IdentityPlusBasis:
+        """``(a I + U K V^T)(b I + U L V^T) = ab I + U (a L + b K + K (V^T U) L) V^T``."""
+        a, b = self.alpha, other.alpha
+        gram = self.V.T @ self.U
+        return self._like(a * b, a * other.K + b * self.K + self.K @ gram @ other.K)
+
+    def compressed(self) -> IdentityPlusBasis:
+        return self  # already minimal: the rank is the basis size
+
+    def factored(self) -> IdentityPlusLowRank:
+        """The same matrix as ``alpha I + W Y^T`` (``W = U K``, ``Y = V``)."""
+        return IdentityPlusLowRank(self.alpha, self.U @ self.K, self.V)
+
+    def dense(self) -> Tensor:
+        return self.factored().dense()
+
+    def times_dense(self, b: Tensor) -> Tensor:
+        return self.factored().times_dense(b)

@@ -138,3 +138,39 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 def roundtrip_error(g: Flow, x: Tensor, *, cond: float | None = None) -> float:
     """``max |g^-1(g(x)) - x|``: how far ``g`` is from an exact bijection at this precision."""
     return max_error(g.inverse(g(x, cond=cond), cond=cond), x)
+
+
+def chi2_quantile(p: float, dof: int) -> float:
+    """The ``p`` quantile of a chi-squared law with ``dof`` degrees of freedom (float64 bisection
+    of the regularised incomplete gamma function: exact for every ``dof``, no SciPy)."""
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    k = torch.tensor(dof / 2, dtype=torch.float64)
+    lo, hi = 0.0, float(dof + 40 * math.sqrt(2 * dof) + 100)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if float(torch.special.gammainc(k, torch.tensor(mid / 2, dtype=torch.float64))) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def typicality(noise: Tensor, *, mass: float = 0.99) -> dict[str, float]:
+    """Is ``noise`` (rows, e.g. data inverted through a generator) typical of ``N(0, I_D)``?
+
+    ``median_energy`` is the median ``|e|^2 / D`` (1 for Gaussian noise, ``1 +- sqrt(2/D)``
+    spread); ``inside_shell`` is the fraction of rows whose ``|e|^2`` lies in the central
+    ``mass`` interval of the chi-squared law, the shell where Gaussian noise lives.
+    """
+    e = _flat64(noise)
+    dim = e.shape[1]
+    energy = e.pow(2).sum(1)
+    lo, hi = chi2_quantile((1 - mass) / 2, dim), chi2_quantile((1 + mass) / 2, dim)
+    inside = ((energy >= lo) & (energy <= hi)).double().mean()
+    return {"median_energy": float(energy.median() / dim), "inside_shell": float(inside)}
+
+
+def outside_range(x: Tensor, low: float, high: float) -> float:
+    """Fraction of the values of ``x`` outside ``[low, high]`` (the data's value range)."""
+    return float(((x < low) | (x > high)).double().mean())

@@ -3,8 +3,10 @@
 The velocity of a Linearizer generator is ``v(z, t) = (A_t z - z) / (1 - t) = L_t z``: linear in
 ``z``. So each explicit step (Euler or RK4) is a matrix ``M_i``, and the whole sampler is
 ``B = M_{T-2} ... M_0``, accumulated here in float64. Steps run at ``t_i = i / T`` for
-``i = 0 .. T-2``: the last interval is skipped, so ``1 - t`` never reaches 0 and the identity part
-of the Euler ``B`` telescopes to exactly ``1 / T`` (``B`` is invertible).
+``i = 0 .. T-2``: the last interval is skipped, so ``1 - t`` never reaches 0. With the rank-only
+``A_t`` the identity part of the Euler ``B`` telescopes to exactly ``1 / T`` (the degenerate
+sampler); the isotropic operators (``lincore.operators.time_isotropic``) keep ``a(t)`` of it and
+carry the noise through.
 
 RK4 uses the true step matrix of a linear ODE, ``K1 = L1``, ``K2 = L2 (I + dt/2 K1)``,
 ``K3 = L2 (I + dt/2 K2)``, ``K4 = L4 (I + dt K3)``, ``M = I + dt/6 (K1 + 2 K2 + 2 K3 + K4)``; the
@@ -20,8 +22,8 @@ import torch
 from torch import Tensor
 
 from lincore._checks import check_int
-from lincore.iplr import IdentityPlusLowRank
-from lincore.operators.time_low_rank import TimeLowRank
+from lincore.iplr import IdentityPlusBasis, IdentityPlusLowRank
+from lincore.operators.time_isotropic import TimeIsotropicLowRank, TimeOperator
 
 Method = Literal["euler", "rk4"]
 METHODS = ("euler", "rk4")
@@ -38,23 +40,23 @@ def step_times(steps: int) -> list[float]:
     return [i / steps for i in range(steps - 1)]
 
 
-def velocity_matrix(op: TimeLowRank, t: float, *, dtype: torch.dtype) -> IdentityPlusLowRank:
-    """``L_t = (A_t - I) / (1 - t)`` as ``-1/(1-t) I + (1/(1-t)) U_t V_t^T``."""
-    ref = next(op.parameters())
-    u, v = op.factors_at(torch.tensor([t], dtype=ref.dtype, device=ref.device))
-    c = 1.0 / (1.0 - t)
-    return IdentityPlusLowRank(
-        torch.tensor(-c, dtype=dtype, device=ref.device), c * u[0].to(dtype), v[0].to(dtype)
-    )
+Step = IdentityPlusLowRank | IdentityPlusBasis
+"""A step matrix: ``alpha I + W Y^T``, or ``alpha I + U K V^T`` when every step shares a basis."""
+
+
+def velocity_matrix(op: TimeOperator, t: float, *, dtype: torch.dtype) -> Step:
+    """``L_t = (A_t - I) / (1 - t)``, in the operator's own identity-plus-low-rank form."""
+    a = op.matrix_at(t, dtype=dtype)
+    return (a + a.identity_like().scaled(-1.0)).scaled(1.0 / (1.0 - t))
 
 
 def step_matrix(
-    op: TimeLowRank, t: float, dt: float, method: Method, *, dtype: torch.dtype
-) -> IdentityPlusLowRank:
+    op: TimeOperator, t: float, dt: float, method: Method, *, dtype: torch.dtype
+) -> Step:
     """The matrix ``M`` of one explicit step from ``t`` to ``t + dt``: ``z_next = M z``."""
     _check_method(method)
     l1 = velocity_matrix(op, t, dtype=dtype)
-    eye = IdentityPlusLowRank.identity(op.dim, like=l1.W)
+    eye = l1.identity_like()
     if method == "euler":
         return eye + l1.scaled(dt)
     l2 = velocity_matrix(op, t + dt / 2, dtype=dtype)
@@ -75,6 +77,13 @@ class CollapsedSampler:
     @property
     def factored(self) -> bool:
         return isinstance(self.matrix, IdentityPlusLowRank)
+
+    @property
+    def floor(self) -> float:
+        """The identity coefficient ``beta`` of a factored ``B = beta I + W Y^T`` (``nan`` when
+        dense): what ``B`` keeps of the noise outside its low-rank part, and for the
+        ``isotropic_psd`` operator's Euler sampler a lower bound on every singular value."""
+        return float(self.matrix.alpha) if self.factored else float("nan")
 
     def dense(self) -> Tensor:
         return self.matrix.dense() if self.factored else self.matrix
@@ -107,37 +116,70 @@ class CollapsedSampler:
 Form = Literal["auto", "factored", "dense"]
 
 
-@torch.no_grad()
 def collapse(
-    op: TimeLowRank, steps: int, method: Method = "euler", *, form: Form = "auto"
+    op: TimeOperator,
+    steps: int,
+    method: Method = "euler",
+    *,
+    form: Form = "auto",
+    grad: bool = False,
 ) -> CollapsedSampler:
     """``B = M_{T-2} ... M_0`` in float64.
 
-    ``form="auto"`` keeps ``alpha I + W Y^T`` while its rank stays below ``D`` (memory
-    ``O(D T r)``) and switches to a dense ``D x D`` matrix after; ``"factored"``/``"dense"`` force
-    one form (for benchmarks). Dense accumulation multiplies each low-rank step into ``B`` in
-    ``O(D^2 r)``, never as a ``D^3`` matmul.
+    An operator with shared bases (``IdentityPlusBasis`` steps) keeps ``B = beta I + U K V^T`` of
+    rank ``r`` whatever ``T``: ``O(T r^3)`` time. Otherwise ``form="auto"`` keeps
+    ``alpha I + W Y^T`` while its rank stays below ``D`` (memory ``O(D T r)``) and switches to a
+    dense ``D x D`` matrix after; ``"factored"``/``"dense"`` force one form (for benchmarks).
+    Dense accumulation multiplies each low-rank step into ``B`` in ``O(D^2 r)``, never as a
+    ``D^3`` matmul. ``grad=True`` keeps the autograd graph (the one-step likelihood as a training
+    term: cheap for shared bases, ``O(T r^3)``).
     """
+    with torch.set_grad_enabled(grad):
+        return _collapse(op, steps, method, form)
+
+
+def _collapse(op: TimeOperator, steps: int, method: Method, form: Form) -> CollapsedSampler:
     _check_method(method)
+    if isinstance(op, TimeIsotropicLowRank) and method == "euler" and form != "dense":
+        return _collapse_shared_euler(op, steps)
     if form not in ("auto", "factored", "dense"):
         raise ValueError(f"form must be 'auto', 'factored' or 'dense', got {form!r}")
     dt = 1.0 / steps
-    device = next(op.parameters()).device
-    b: IdentityPlusLowRank | Tensor = IdentityPlusLowRank.identity(
-        op.dim, like=torch.empty(0, dtype=torch.float64, device=device)
-    )
-    if form == "dense":
-        b = b.dense()
+    b: Step | Tensor | None = None
     for t in step_times(steps):
         m = step_matrix(op, t, dt, method, dtype=torch.float64)
-        if isinstance(b, IdentityPlusLowRank) and (form == "factored" or b.rank + m.rank < op.dim):
-            b = m @ b
+        if b is None:
+            b = m.dense() if form == "dense" else m
+        elif isinstance(b, Tensor):
+            b = m.times_dense(b)
+        elif isinstance(b, IdentityPlusBasis) or form == "factored" or b.rank + m.rank < op.dim:
+            b = m @ b  # type: ignore[operator]
         else:
-            b = m.times_dense(b.dense() if isinstance(b, IdentityPlusLowRank) else b)
-    return CollapsedSampler(b)
+            b = m.times_dense(b.dense())
+    assert b is not None  # step_times gives at least one step
+    return CollapsedSampler(b.factored() if isinstance(b, IdentityPlusBasis) else b)
 
 
-def sample_latent(op: TimeLowRank, z0: Tensor, steps: int, method: Method = "euler") -> Tensor:
+def _collapse_shared_euler(op: TimeIsotropicLowRank, steps: int) -> CollapsedSampler:
+    """The Euler ``B`` of a shared-basis operator with one batched call of the time network and a
+    recursion on the ``r x r`` core alone: ``M_i = alpha_i I + U K_i V^T`` with
+    ``alpha_i = 1 - dt (1 - a_i) / (1 - t_i)``, ``K_i = dt / (1 - t_i) core_i``; cheap enough to
+    differentiate every training step (the one-step likelihood term)."""
+    dt, f64 = 1.0 / steps, torch.float64
+    t = torch.tensor(step_times(steps), dtype=op.U.dtype, device=op.U.device)
+    a, cores = op.coefficient(t).to(f64), op.core_at(t).to(f64)
+    t64 = t.to(f64)
+    alphas = 1 - dt * (1 - a) / (1 - t64)
+    ks = cores * (dt / (1 - t64))[:, None, None]
+    u, v = op.U.to(f64, copy=True), op._right().to(f64, copy=True)
+    gram = v.T @ u
+    beta, k = alphas[0], ks[0]
+    for i in range(1, len(t)):  # (alpha_i I + U K_i V^T)(beta I + U K V^T)
+        beta, k = alphas[i] * beta, alphas[i] * k + beta * ks[i] + ks[i] @ gram @ k
+    return CollapsedSampler(IdentityPlusBasis(beta, k, u, v).factored())
+
+
+def sample_latent(op: TimeOperator, z0: Tensor, steps: int, method: Method = "euler") -> Tensor:
     """The multi-step sampler: integrate ``dz/dt = (A_t z - z) / (1 - t)`` from ``t = 0``."""
     _check_method(method)
     dt = 1.0 / steps

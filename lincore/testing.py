@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from lincore.inn import ActNorm, AffineCoupling, Flow, InvertibleConv1x1
+from lincore.operators.time_isotropic import TimeIsotropicLowRank, TimeOperator
 
 
 def far_from_identity(flow: Flow, *, strength: float = 1.0, seed: int = 0) -> Flow:
@@ -41,6 +42,28 @@ def far_from_identity(flow: Flow, *, strength: float = 1.0, seed: int = 0) -> Fl
             m.bias.copy_(an_std * torch.randn(m.bias.shape, generator=gen))
             m.initialized.fill_(True)
     return flow
+
+
+def far_from_zero(op: TimeOperator, *, seed: int = 0) -> TimeOperator:
+    """A time operator whose every part matters: random bases of unit-size columns, a time
+    network whose core is O(1), and isotropic variances away from 1 (``s != v``), so that a test
+    of the collapse or the likelihood exercises ``a(t)``, the core and the bases together. The
+    original ``TimeLowRank`` is returned as it is (its default initialisation is already O(1))."""
+    if not isinstance(op, TimeIsotropicLowRank):
+        return op
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for basis in (op.U, op.V):
+            if basis is not None:
+                basis.copy_(torch.randn(basis.shape, generator=gen) / basis.shape[0] ** 0.5)
+        last = op.mlp[-1]
+        last.weight.copy_(
+            torch.randn(last.weight.shape, generator=gen) / last.weight.shape[1] ** 0.5
+        )
+        last.bias.copy_(torch.randn(last.bias.shape, generator=gen))
+        op.log_signal.fill_(0.4)
+        op.log_noise.fill_(-0.3)
+    return op
 
 
 def relative_deviation(flow: Flow, x: torch.Tensor) -> float:

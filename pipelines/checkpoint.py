@@ -19,6 +19,10 @@ from pipelines.errors import DataError
 from pipelines.io import atomic_path
 
 
+LEGACY = {"operator": "low_rank", "w_one_step_likelihood": 0.0}
+"""Values of the keys that checkpoints written before they existed were trained with."""
+
+
 def build_model(cfg: ModelConfig, shape: tuple[int, ...], *, seed: int = 0) -> OneStepFlowMatching:
     """The one-step generator for samples of ``shape``, from ``params.yaml``'s ``model``."""
     # params.yaml spells each loss weight ``w_<term>``: one key per LossWeights field
@@ -31,6 +35,7 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...], *, seed: int = 0) -> O
         depth=cfg.depth,
         hidden=cfg.hidden,
         operator_hidden=cfg.operator_hidden,
+        operator=cfg.operator,
         flow=cfg.flow,
         two_networks=cfg.two_networks,
         sigma=cfg.sigma,
@@ -73,7 +78,9 @@ def load_state(path: str | Path) -> dict[str, Any]:
 def load(path: str | Path) -> tuple[OneStepFlowMatching, dict[str, Any]]:
     """``(model in eval mode, checkpoint dict)`` from a file written by ``save``."""
     state = load_state(path)
-    cfg = ModelConfig(**state["model_config"])
+    # checkpoints written before model.operator existed hold the original rank-only A_t, trained
+    # without the one-step likelihood term (which that operator cannot have)
+    cfg = ModelConfig(**{**LEGACY, **state["model_config"]})
     model = build_model(cfg, tuple(state["shape"]))
     model.load_state_dict(state["state_dict"])
     return model.eval(), state

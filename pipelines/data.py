@@ -2,7 +2,8 @@
 
 A prepared split is a Parquet file with one row per sample: ``x``, a fixed-size list of float32
 (the flattened sample), and ``label`` (int64, -1 when unlabelled); the schema metadata carries
-``shape``, ``value_range``, ``source`` and ``seed``. Nothing is downloaded: toys are generated,
+``shape``, ``value_range``, ``source``, ``seed`` and ``bins`` (grey levels of dequantised discrete
+data; 0 for continuous data). Nothing is downloaded: toys are generated,
 digits ship inside scikit-learn, everything else comes from a local path.
 """
 
@@ -32,6 +33,9 @@ class Dataset:
     x: np.ndarray  # (N, *shape) float32
     labels: np.ndarray  # (N,) int64, -1 when unlabelled
     source: str
+    bins: int = 0
+    """grey levels of the discrete data before uniform dequantisation (0: continuous data), so
+    that bits/dim is stated per bin like published MNIST/CIFAR figures"""
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -45,7 +49,9 @@ def _digits(seed: int) -> Dataset:
     levels = d.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), 17 grey levels 0..16
     # uniform dequantisation: a density on [0, 1]^64 (raw digits have constant pixels)
     u = np.random.default_rng(seed).random(levels.shape, dtype=np.float32)
-    return Dataset((levels + u) / 17.0, d.target.astype(np.int64), "sklearn.datasets.load_digits")
+    return Dataset(
+        (levels + u) / 17.0, d.target.astype(np.int64), "sklearn.datasets.load_digits", bins=17
+    )
 
 
 def _npz(path: Path) -> Dataset:
@@ -138,7 +144,7 @@ def split(ds: Dataset, cfg: DataConfig) -> dict[str, Dataset]:
         "val": perm[:n_val],
         "test": perm[n_val : n_val + n_test],
     }
-    return {k: Dataset(ds.x[i], ds.labels[i], ds.source) for k, i in parts.items()}
+    return {k: Dataset(ds.x[i], ds.labels[i], ds.source, ds.bins) for k, i in parts.items()}
 
 
 def write_split(path: Path, ds: Dataset, *, seed: int) -> None:
@@ -151,6 +157,7 @@ def write_split(path: Path, ds: Dataset, *, seed: int) -> None:
         "value_range": json.dumps([float(flat.min()), float(flat.max())]),
         "source": ds.source,
         "seed": str(seed),
+        "bins": str(ds.bins),
     }
     table = pa.table({"x": column, "label": pa.array(ds.labels, pa.int64())})
     table = table.replace_schema_metadata(meta)

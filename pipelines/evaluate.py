@@ -24,8 +24,10 @@ from lincore.metrics import (
     max_error,
     median_seconds,
     mmd,
+    outside_range,
     psnr,
     sliced_wasserstein,
+    typicality,
 )
 from pipelines import checkpoint, figures, tracking
 from pipelines import config as config_mod
@@ -37,9 +39,23 @@ STEP_GRID = (2, 5, 10, 20, 50, 100)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, test: np.ndarray, train: np.ndarray, labels: np.ndarray,
-             steps: int, n_samples: int) -> tuple[dict, list[dict], dict]:  # fmt: skip
-    """``(metrics, rows of quality by steps, images)`` for a trained one-step generator."""
+def evaluate(
+    model: torch.nn.Module,
+    test: np.ndarray,
+    train: np.ndarray,
+    labels: np.ndarray,
+    steps: int,
+    n_samples: int,
+    *,
+    bins: int = 0,
+) -> tuple[dict, list[dict], dict]:
+    """``(metrics, rows of quality by steps, images)`` for a trained one-step generator.
+
+    Beyond sample quality it reports what a degenerate generator gets wrong: whether test data
+    invert to typical noise (``inversion_*``), whether interpolation midpoints stay on the data
+    (``interpolation_*`` next to the samples' figures), how many sample values leave the data's
+    range, and the NLL per bin of dequantised data (``bins`` grey levels; 0 = continuous).
+    """
     torch.manual_seed(0)
     xt = torch.from_numpy(test)
     n = n_samples or len(xt)
@@ -51,7 +67,13 @@ def evaluate(model: torch.nn.Module, test: np.ndarray, train: np.ndarray, labels
     multi = {m: model.sample(x64, steps, m) for m in b}
     one = {m: model.sample_one_step(x64, b[m]) for m in b}
     noise_back = model.invert(one["euler"], b["euler"])
-    test_back = model.sample_one_step(model.invert(xt.double(), b["euler"]), b["euler"])
+    test_noise = model.invert(xt.double(), b["euler"])
+    test_back = model.sample_one_step(test_noise, b["euler"])
+    half = len(xt) // 2  # midpoints of test pairs (a, b), through their noise
+    mid = model.interpolate(xt[:half].double(), xt[half : 2 * half].double(),
+                            torch.tensor([0.5]), b["euler"])[0].float()  # fmt: skip
+    typical = typicality(test_noise)
+    singular = torch.linalg.svdvals(b["euler"].dense()) if model.dim <= 4096 else None
     lo, hi = float(test.min()), float(test.max())
     rng = hi - lo
     metrics = {
@@ -61,8 +83,17 @@ def evaluate(model: torch.nn.Module, test: np.ndarray, train: np.ndarray, labels
         "max_err_one_vs_multi_rk4": max_error(one["rk4"], multi["rk4"]),
         "psnr_inversion_roundtrip": psnr(test_back, xt.double(), data_range=rng),
         "noise_inversion_max_err": max_error(noise_back, x64),
-        "nll_bits_per_dim": bits_per_dim(model.log_prob(xt.double(), b["euler"]), model.dim),
-        "collapse_condition_number": b["euler"].condition_number() if model.dim <= 4096 else -1,
+        "nll_bits_per_dim": bits_per_dim(
+            model.log_prob(xt.double(), b["euler"]), model.dim, bins=bins or None
+        ),
+        "nll_bins": float(bins),
+        "inversion_median_energy": typical["median_energy"],
+        "inversion_inside_shell": typical["inside_shell"],
+        "collapse_floor": b["euler"].floor,
+        "collapse_min_singular_value": float(singular.min()) if singular is not None else -1,
+        "collapse_condition_number": (
+            float(singular.max() / singular.min()) if singular is not None else -1
+        ),
     }
     rows = []
     for t in STEP_GRID:  # the evaluated T is in the grid: reuse its samples
@@ -80,10 +111,15 @@ def evaluate(model: torch.nn.Module, test: np.ndarray, train: np.ndarray, labels
     metrics["g_roundtrip_error_f32"] = model.roundtrip_error(xt)
     samples = model.sample_one_step(x0, b["euler"])
     metrics |= {"mmd": mmd(samples, ref), "swd": sliced_wasserstein(samples, ref),
-                "energy": energy_distance(samples, ref)}  # fmt: skip
+                "energy": energy_distance(samples, ref), "interpolation_mmd": mmd(mid, ref),
+                "samples_outside_range": outside_range(samples, lo, hi),
+                "interpolation_outside_range": outside_range(mid, lo, hi)}  # fmt: skip
     if (labels >= 0).all() and len(np.unique(labels)) > 1:
         clf = fit_classifier(torch.from_numpy(train), torch.from_numpy(labels), steps=800)
         metrics["frechet_classifier"] = frechet_distance(clf.features(samples), clf.features(ref))
+        metrics["interpolation_frechet_classifier"] = frechet_distance(
+            clf.features(mid), clf.features(ref)
+        )
     one_s = median_seconds(lambda: model.sample_one_step(x0, b["euler"]), 5)
     multi_s = median_seconds(lambda: model.sample(x0, steps, "euler"), 1)
     metrics |= {"samples_per_s_one_step": n / one_s, "samples_per_s_multi_step": n / multi_s,
@@ -115,8 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     summary = json.loads(summary_path.read_text())
 
     metrics, rows, images = evaluate(
-        model, test, train, labels, cfg.evaluate.steps, cfg.evaluate.n_samples
-    )
+        model, test, train, labels, cfg.evaluate.steps, cfg.evaluate.n_samples,
+        bins=int(meta.get("bins", 0)),
+    )  # fmt: skip
     shape = tuple(meta["shape"])
     grid = images["samples"][: cfg.evaluate.grid] if len(shape) > 1 else images["samples"]
     figs = {

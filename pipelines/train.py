@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     history = state["history"]  # every epoch, resumed ones included (the dataframe keeps fewer)
 
     model = checkpoint.build_model(cfg.model, shape, seed=cfg.train.seed)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(train_loop.final_weights(state))
     model_path = out / "model.pt"
     checkpoint.save(model_path, model, cfg.model, shape, run_name=run_name, source=meta["source"])
     write_csv(plots / "loss.csv", history, LOSS_COLUMNS)

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, TensorDataset
 
-from lincore.metrics import mmd
+from lincore.metrics import mmd, typicality
 from pipelines.checkpoint import build_model
 from pipelines.config import Config, ModelConfig, TrainConfig, output_path
 from pipelines.data import read_split
@@ -37,21 +38,42 @@ class NumericalFault(RuntimeError):
 
 
 def _val_metrics(model: Any, xv: torch.Tensor, seed: int, steps: int) -> dict[str, float]:
-    """Validation loss terms with fixed noise (comparable across epochs), ``g``'s round trip,
-    and ``val_mmd``: one-step samples against validation data, the quality a sweep compares
-    (the loss is not comparable across loss weights)."""
+    """Validation loss terms with fixed noise (comparable across epochs), ``val_mmd`` (one-step
+    samples against validation data: the quality a sweep compares; the loss is not comparable
+    across loss weights) and ``val_inversion_energy`` (median ``|e|^2 / D`` of validation data
+    inverted to noise: about 1 when the generator covers the data)."""
     from pipelines.sampler import OneStepSampler
 
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     with torch.no_grad():
         terms = {f"val_{k}": float(v) for k, v in model(xv).items()}
-        terms["roundtrip_error"] = model.roundtrip_error(xv)
         ref = xv.cpu()
         sampler = OneStepSampler(copy.deepcopy(model).cpu(), steps)
         terms["val_mmd"] = mmd(sampler.sample(len(ref), seed=seed), ref)
+        noise = sampler.model.invert(ref, sampler.collapsed)
+        terms["val_inversion_energy"] = typicality(noise)["median_energy"]
     torch.random.set_rng_state(state)
     return terms
+
+
+def ema_with_warmup(decay: float) -> Any:
+    """``multi_avg_fn`` for ``AveragedModel``: an EMA whose decay ramps up as
+    ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that a short run's average is not
+    dominated by its first, untrained weights (torch's ``get_ema_multi_avg_fn`` has no warm-up)."""
+
+    @torch.no_grad()
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
+        n = int(n)
+        torch._foreach_lerp_(ema, current, 1 - min(decay, (1 + n) / (10 + n)))
+
+    return update
+
+
+def final_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights a training state hands on (evaluation, the saved and registered model): the
+    EMA of the weights when the run kept one, else the raw weights."""
+    return state.get("ema") or state["model"]
 
 
 class Session(Protocol):
@@ -164,6 +186,14 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     loader, ddp = session.prepare(loader, model)
     raw = getattr(ddp, "module", ddp)
     num_params = sum(p.numel() for p in raw.parameters())
+    # the EMA of the weights is what validation, evaluation and the saved model use: it is the
+    # flow-matching standard for sample quality and steadies the metric sweeps compare
+    ema = None
+    if train_cfg.ema_decay > 0:
+        ema = AveragedModel(raw, multi_avg_fn=ema_with_warmup(train_cfg.ema_decay))
+        if resumed is not None and "ema_state" in resumed:
+            ema.load_state_dict(resumed["ema_state"])
+    evaluated = raw if ema is None else ema.module
     xv_t = xv_t.to(device)
     for epoch in range(start, epochs):
         if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -193,14 +223,18 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             for group in opt.param_groups:
                 group["lr"] = learning_rate(train_cfg, epoch, step, len(loader), epochs)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(raw)
             total, batches = total + loss.item(), batches + 1
         if not all(bool(torch.isfinite(p).all()) for p in raw.parameters()):
             raise NumericalFault(f"parameters became NaN/inf in epoch {epoch}: lower train.lr")
         raw.eval()
+        evaluated.eval()
         metrics = {
             "epoch": epoch,
             "train_loss": total / max(batches, 1),
-            **_val_metrics(raw, xv_t, seed=1234, steps=sampler_steps),
+            **_val_metrics(evaluated, xv_t, seed=1234, steps=sampler_steps),
+            "roundtrip_error": raw.roundtrip_error(xv_t),  # the weights being trained
             "num_params": num_params,
             "epoch_seconds": time.perf_counter() - t0,
         }
@@ -222,6 +256,8 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
         if rank == 0:
             state = {"model": raw.state_dict(), "optimizer": opt.state_dict(),
                      "epoch": epoch, "history": history}  # fmt: skip
+            if ema is not None:
+                state |= {"ema": ema.module.state_dict(), "ema_state": ema.state_dict()}
         session.report(metrics, state)
         maybe_fail("epoch", epoch)
 
@@ -288,7 +324,8 @@ def run(
 
 
 def load_result_state(result: Any) -> dict[str, Any]:
-    """The rank-0 state of the latest checkpoint: weights, optimizer, ``history`` per epoch."""
+    """The rank-0 state of the latest checkpoint: weights (``model``, and ``ema`` when kept),
+    optimizer, ``history`` per epoch."""
     state = checkpoint_state(result.checkpoint)
     if state is None:
         raise LinearizerError("the training run finished without a checkpoint")

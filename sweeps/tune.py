@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import config as config_mod
-from pipelines import figures, ray_runtime, tracking
+from pipelines import figures, ray_runtime, tracking, train_loop
 from pipelines.errors import ConfigError, LinearizerError, ServiceError, cli
 from pipelines.io import atomic_path, write_atomic, write_csv
 from sweeps import registry, results, space, trial
@@ -365,7 +365,7 @@ def summarise(
             continue
         tcfg = trial.trial_config(cfg, params, sweep_dir)
         model = checkpoint.build_model(tcfg.model, shape, seed=tcfg.train.seed)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(train_loop.final_weights(state))
         sampler = OneStepSampler(model, cfg.evaluate.steps)
         row.update({s.metric: float(state["history"][-1][s.metric]), **results.score(sampler, xv)})
         model_path = sweep_dir / "models" / trial_id / "model.pt"

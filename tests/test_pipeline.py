@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -161,6 +162,25 @@ def test_checkpoints_round_trip_and_refuse_pickles(tmp_path):
     (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2]) + b"garbage")
     with pytest.raises(DataError):
         checkpoint.load(tmp_path / "junk.pt")
+
+
+def test_checkpoints_from_before_the_operator_key_load_and_sample(tmp_path):
+    """A checkpoint written before ``model.operator`` existed holds the rank-only ``A_t``."""
+    from pipelines.sampler import OneStepSampler
+
+    cfg = ModelConfig(rank=2, depth=2, hidden=8, operator_hidden=8, operator="low_rank",
+                      w_one_step_likelihood=0.0)  # fmt: skip
+    old = checkpoint.build_model(cfg, (1, 2, 2), seed=3)
+    new_keys = ("operator", "w_one_step_likelihood")
+    old_config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in new_keys}
+    torch.save({"state_dict": old.state_dict(), "model_config": old_config, "shape": [1, 2, 2]},
+               tmp_path / "old.pt")  # fmt: skip
+    sampler = OneStepSampler.from_checkpoint(tmp_path / "old.pt", steps=10)
+    assert sampler.model.operator.kind == "low_rank"
+    x = sampler.sample(5, seed=1)
+    noise = torch.randn(5, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(x, old.eval().sample_one_step(noise, old.collapse(10)))
+    assert ModelConfig().operator == "isotropic_psd"  # new runs get the covering operator
 
 
 def test_unreachable_services_are_clear_errors(monkeypatch):

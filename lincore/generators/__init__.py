@@ -1,16 +1,21 @@
-"""Generators built from Linearizers, and the baseline they are measured against."""
+"""Generators built from Linearizers, and the baselines they are measured against."""
 
-from lincore.generators.baseline import FlowMatchingBaseline, VelocityMLP
-from lincore.generators.one_step import LossWeights, OneStepFlowMatching, bits_per_dim
+from lincore.generators.baseline import FlowMatchingBaseline, MaximumLikelihoodFlow, VelocityMLP
+from lincore.generators.meanflow import MeanFlow, MeanVelocityMLP
+from lincore.generators.one_step import LossWeights, OneStepFlowMatching, bits_per_dim, slerp
 from lincore.generators.projective import ProjectiveGenerator
 from lincore.generators.style import StyleTransfer
 
 __all__ = [
     "FlowMatchingBaseline",
     "LossWeights",
+    "MaximumLikelihoodFlow",
+    "MeanFlow",
+    "MeanVelocityMLP",
     "OneStepFlowMatching",
     "ProjectiveGenerator",
     "StyleTransfer",
     "VelocityMLP",
     "bits_per_dim",
+    "slerp",
 ]

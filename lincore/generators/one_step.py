@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from lincore._checks import check_int, check_tensor
 from lincore.inn import CouplingFlow, Flow, ImageFlow, Reshaped
 from lincore.metrics import max_error
-from lincore.operators.time_low_rank import TimeLowRank
+from lincore.operators.time_isotropic import TimeOperator, time_operator
 from lincore.sampling import CollapsedSampler, Method, collapse, sample_latent
 
 Perceptual = Callable[[Tensor, Tensor], Tensor]
@@ -39,6 +39,10 @@ class LossWeights:
     data_likelihood: float = 0.0
     """Beyond the paper: ``-log N(g(x1; 1); 0, I) - log|det J|`` per dimension, which pushes
     ``g(.; 1)`` to Gaussianise the data so that a linear latent sampler can reach it. 0 = off."""
+    one_step_likelihood: float = 0.0
+    """Beyond the paper: the exact NLL of the one-step generator itself (``log_prob`` through the
+    collapsed sampler, differentiated), per dimension. Costs one more pass of ``g`` each way per
+    step; needs an operator with shared bases (``isotropic_*``). 0 = off."""
 
 
 class OneStepFlowMatching(nn.Module):
@@ -47,23 +51,27 @@ class OneStepFlowMatching(nn.Module):
     Args:
         g: the invertible network. Conditional (``conditional=True``) to serve both domains with
             shared weights, or unconditional with ``g_data`` given.
-        operator: ``A_t``, a ``TimeLowRank`` on ``R^D`` with ``D = prod(g.event_shape)``.
+        operator: ``A_t`` on ``R^D`` with ``D = prod(g.event_shape)``: a ``TimeIsotropicLowRank``
+            (``a(t) I`` plus rank ``r``; the collapsed sampler covers the latent space) or the
+            original rank-only ``TimeLowRank``.
         g_data: a second network for the data domain; then ``g`` is the noise network.
         sigma: std of the latent noise in the two reconstruction terms (absolute units).
         weights: the loss weights.
         perceptual: optional extra loss on the two data-domain decodings (added to the pixel MSE),
             for a user-supplied perceptual network; nothing is downloaded here.
+        steps: ``T`` of the sampler that the one-step likelihood term collapses.
     """
 
     def __init__(
         self,
         g: Flow,
-        operator: TimeLowRank,
+        operator: TimeOperator,
         *,
         g_data: Flow | None = None,
         sigma: float = 0.3,
         weights: LossWeights | None = None,
         perceptual: Perceptual | None = None,
+        steps: int = 100,
     ) -> None:
         super().__init__()
         if g_data is None and not g.conditional:
@@ -81,16 +89,22 @@ class OneStepFlowMatching(nn.Module):
         if operator.dim != g.dim:
             raise ValueError(
                 f"operator acts on R^{operator.dim} but the latent dimension is {g.dim} "
-                f"(= prod{g.event_shape}); build TimeLowRank(dim={g.dim}, rank=...)"
+                f"(= prod{g.event_shape}); build the operator with dim={g.dim}"
             )
         if not sigma >= 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
+        if (weights or LossWeights()).one_step_likelihood and operator.kind == "low_rank":
+            raise ValueError(
+                "the one_step_likelihood term needs an operator with shared bases: its collapse "
+                "stays rank r; use operator 'isotropic_psd' (the rank-only one goes dense)"
+            )
         self.g = g
         self.g_data = g_data
         self.operator = operator
         self.sigma = float(sigma)
         self.weights = weights or LossWeights()
         self.perceptual = perceptual
+        self.steps = check_int("steps", steps, low=2)
 
     @classmethod
     def build(
@@ -100,7 +114,8 @@ class OneStepFlowMatching(nn.Module):
         rank: int,
         depth: int = 8,
         hidden: int = 128,
-        operator_hidden: int = 256,
+        operator_hidden: int = 128,
+        operator: str = "isotropic_psd",
         flow: str = "coupling",
         two_networks: bool = False,
         sigma: float = 0.3,
@@ -111,7 +126,8 @@ class OneStepFlowMatching(nn.Module):
 
         ``flow="coupling"`` flattens samples into a ``CouplingFlow`` (vectors, small images);
         ``flow="image"`` keeps ``(C, H, W)`` for an ``ImageFlow`` (call the model's
-        ``initialize_from(data_batch)`` before training).
+        ``initialize_from(data_batch)`` before training). ``operator`` is the kind of ``A_t``
+        (``lincore.operators.OPERATOR_KINDS``).
         """
         dim = math.prod(event_shape)
         check_int("rank", rank, low=1, high=dim)
@@ -135,7 +151,7 @@ class OneStepFlowMatching(nn.Module):
         g = net(not two_networks, 0)
         g_data = net(False, 1) if two_networks else None
         torch.manual_seed(seed + 2)
-        op = TimeLowRank(dim, rank, hidden=operator_hidden)
+        op = time_operator(operator, dim, rank, hidden=operator_hidden)
         return cls(g, op, g_data=g_data, sigma=sigma, weights=weights)
 
     @property
@@ -210,6 +226,9 @@ class OneStepFlowMatching(nn.Module):
             "data_likelihood": 0.5 * z1.pow(2).mean() - log_det.mean() / self.dim,
         }
         w = self.weights
+        if w.one_step_likelihood:
+            b = collapse(self.operator, self.steps, "euler", grad=True)
+            terms["one_step_likelihood"] = -self._log_prob(x1, b, z1, log_det).mean() / self.dim
         terms["loss"] = (
             w.latent * terms["latent"]
             + w.noise_reconstruction * terms["noise_reconstruction"]
@@ -217,6 +236,8 @@ class OneStepFlowMatching(nn.Module):
             + w.prediction * terms["prediction"]
             + w.data_likelihood * terms["data_likelihood"]
         )
+        if w.one_step_likelihood:
+            terms["loss"] = terms["loss"] + w.one_step_likelihood * terms["one_step_likelihood"]
         return terms
 
     def _data_term(self, pred: Tensor, target: Tensor) -> Tensor:
@@ -264,14 +285,10 @@ class OneStepFlowMatching(nn.Module):
         Both are inverted to noise, the noises are joined by spherical interpolation (it keeps
         Gaussian noise at its typical norm), and each point is sampled in one step.
         """
-        na, nb = self.invert(xa, sampler).flatten(1), self.invert(xb, sampler).flatten(1)
-        cos = (na * nb).sum(1) / (na.norm(dim=1) * nb.norm(dim=1))
-        omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))[:, None]
-        rows = []
-        for a in alphas.tolist():
-            mix = (torch.sin((1 - a) * omega) * na + torch.sin(a * omega) * nb) / torch.sin(omega)
-            rows.append(self.sample_one_step(mix.reshape(xa.shape), sampler))
-        return torch.stack(rows)
+        na, nb = self.invert(xa, sampler), self.invert(xb, sampler)
+        return torch.stack(
+            [self.sample_one_step(slerp(na, nb, a), sampler) for a in alphas.tolist()]
+        )
 
     # --- exact likelihood ---------------------------------------------------------------------
     @torch.no_grad()
@@ -281,7 +298,11 @@ class OneStepFlowMatching(nn.Module):
         ``x1 = g^-1(B g(e; 0); 1)`` with ``e ~ N(0, I)``, so with ``e = g^-1(B^-1 g(x1; 1); 0)``:
         ``log p = log N(e) - log|det J_g(e; 0)| - log|det B| + log|det J_g(x1; 1)|``.
         """
-        z1, log_det_data = self.encode_and_log_det(x1, 1)
+        return self._log_prob(x1, sampler, *self.encode_and_log_det(x1, 1))
+
+    def _log_prob(
+        self, x1: Tensor, sampler: CollapsedSampler, z1: Tensor, log_det_data: Tensor
+    ) -> Tensor:
         e = self.decode(sampler.solve(z1), 0)
         _, log_det_noise = self.encode_and_log_det(e, 0)
         e = e.flatten(1).to(torch.float64)
@@ -292,6 +313,16 @@ class OneStepFlowMatching(nn.Module):
             - sampler.logabsdet()
             + log_det_data.to(torch.float64)
         )
+
+
+def slerp(a: Tensor, b: Tensor, alpha: float) -> Tensor:
+    """Spherical interpolation of rows of noise (it keeps Gaussian noise at its typical norm,
+    where a straight line would pass through atypically small noise)."""
+    fa, fb = a.flatten(1), b.flatten(1)
+    cos = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1))
+    omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))[:, None]
+    mix = (torch.sin((1 - alpha) * omega) * fa + torch.sin(alpha * omega) * fb) / torch.sin(omega)
+    return mix.reshape(a.shape)
 
 
 def bits_per_dim(log_prob: Tensor, dim: int, *, bins: int | None = None) -> float:

@@ -5,8 +5,16 @@ from lincore.operators.deep_linear import DeepLinear
 from lincore.operators.dense import Dense, LowRank
 from lincore.operators.depthwise import DepthwiseConv
 from lincore.operators.idempotent import Idempotent
+from lincore.operators.time_isotropic import (
+    OPERATOR_KINDS,
+    TimeIsotropicLowRank,
+    TimeOperator,
+    time_operator,
+)
+from lincore.operators.time_low_rank import TimeLowRank
 
 __all__ = [
+    "OPERATOR_KINDS",
     "SVD",
     "Composed",
     "DeepLinear",
@@ -16,5 +24,9 @@ __all__ = [
     "Idempotent",
     "LinearOperator",
     "LowRank",
+    "TimeIsotropicLowRank",
+    "TimeLowRank",
+    "TimeOperator",
     "factored_svd",
+    "time_operator",
 ]

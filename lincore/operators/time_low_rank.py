@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lincore._checks import check_int
+from lincore.iplr import IdentityPlusLowRank
 
 
 def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
@@ -29,7 +30,14 @@ def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:
 
 
 class TimeLowRank(nn.Module):
-    """``A_t = U_t V_t^T`` of rank ``rank`` on ``R^dim``, one per time ``t in [0, 1]``."""
+    """``A_t = U_t V_t^T`` of rank ``rank`` on ``R^dim``, one per time ``t in [0, 1]``.
+
+    The original operator (``model.operator: low_rank``), kept so that old checkpoints load: its
+    collapsed sampler keeps only ``1/T`` of the noise outside the predicted directions (see
+    ``lincore.operators.time_isotropic``), and its last layer has ``2 dim rank hidden`` weights.
+    """
+
+    kind = "low_rank"
 
     def __init__(self, dim: int, rank: int, *, hidden: int = 256, embed_dim: int = 64) -> None:
         super().__init__()
@@ -54,3 +62,10 @@ class TimeLowRank(nn.Module):
         """``A_t z`` per sample: ``z (B, dim)``, ``t (B,)`` -> ``(B, dim)``."""
         u, v = self.factors_at(t)
         return torch.einsum("bdr,br->bd", u, torch.einsum("bdr,bd->br", v, z))
+
+    def matrix_at(self, t: float, *, dtype: torch.dtype) -> IdentityPlusLowRank:
+        """``A_t`` as ``0 I + U_t V_t^T`` in ``dtype`` (for the exact collapse)."""
+        ref = next(self.parameters())
+        u, v = self.factors_at(torch.tensor([t], dtype=ref.dtype, device=ref.device))
+        zero = torch.zeros((), dtype=dtype, device=ref.device)
+        return IdentityPlusLowRank(zero, u[0].to(dtype), v[0].to(dtype))
