@@ -100,9 +100,23 @@ class CollapsedSampler:
             return self.matrix.logabsdet()
         return torch.linalg.slogdet(self.matrix).logabsdet
 
+    def singular_values(self) -> Tensor:
+        """All singular values of ``B``, descending. Factored ``B = beta I + W Y^T`` costs
+        ``O(D k^2)``: with ``Q`` an orthonormal basis of ``[W, Y]``, ``B = beta (I - Q Q^T) +
+        Q (beta I + Q^T W Y^T Q) Q^T``, so they are those of the small core plus ``|beta|``
+        repeated ``D - rank Q`` times. Dense ``B`` costs ``O(D^3)``."""
+        if not self.factored:
+            return torch.linalg.svdvals(self.matrix)
+        m = self.matrix
+        q = torch.linalg.qr(torch.cat([m.W, m.Y], 1)).Q  # orthonormal, spans W and Y
+        core = m.alpha * torch.eye(q.shape[1], dtype=q.dtype, device=q.device)
+        core = core + (q.T @ m.W) @ (m.Y.T @ q)
+        rest = m.alpha.abs().expand(m.dim - q.shape[1])
+        return torch.cat([torch.linalg.svdvals(core), rest]).sort(descending=True).values
+
     def condition_number(self) -> float:
-        """``s_max / s_min`` of ``B`` (forms ``B`` densely: ``O(D^3)``, meant for checks)."""
-        s = torch.linalg.svdvals(self.dense())
+        """``s_max / s_min`` of ``B``."""
+        s = self.singular_values()
         return float(s.max() / s.min())
 
     def solve(self, z: Tensor) -> Tensor:
@@ -140,10 +154,10 @@ def collapse(
 
 def _collapse(op: TimeOperator, steps: int, method: Method, form: Form) -> CollapsedSampler:
     _check_method(method)
-    if isinstance(op, TimeIsotropicLowRank) and method == "euler" and form != "dense":
-        return _collapse_shared_euler(op, steps)
     if form not in ("auto", "factored", "dense"):
         raise ValueError(f"form must be 'auto', 'factored' or 'dense', got {form!r}")
+    if isinstance(op, TimeIsotropicLowRank) and method == "euler" and form != "dense":
+        return _collapse_shared_euler(op, steps)
     dt = 1.0 / steps
     b: Step | Tensor | None = None
     for t in step_times(steps):
@@ -166,12 +180,12 @@ def _collapse_shared_euler(op: TimeIsotropicLowRank, steps: int) -> CollapsedSam
     ``alpha_i = 1 - dt (1 - a_i) / (1 - t_i)``, ``K_i = dt / (1 - t_i) core_i``; cheap enough to
     differentiate every training step (the one-step likelihood term)."""
     dt, f64 = 1.0 / steps, torch.float64
-    t = torch.tensor(step_times(steps), dtype=op.U.dtype, device=op.U.device)
+    t64 = torch.tensor(step_times(steps), dtype=f64, device=op.U.device)
+    t = t64.to(op.U.dtype)  # the network sees t in its own dtype, as matrix_at gives it
     a, cores = op.coefficient(t).to(f64), op.core_at(t).to(f64)
-    t64 = t.to(f64)
     alphas = 1 - dt * (1 - a) / (1 - t64)
     ks = cores * (dt / (1 - t64))[:, None, None]
-    u, v = op.U.to(f64, copy=True), op._right().to(f64, copy=True)
+    u, v = op.U.to(f64, copy=True), op.right.to(f64, copy=True)
     gram = v.T @ u
     beta, k = alphas[0], ks[0]
     for i in range(1, len(t)):  # (alpha_i I + U K_i V^T)(beta I + U K V^T)

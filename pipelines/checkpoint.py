@@ -18,13 +18,15 @@ from pipelines.config import ModelConfig
 from pipelines.errors import DataError
 from pipelines.io import atomic_path
 
-
 LEGACY = {"operator": "low_rank", "w_one_step_likelihood": 0.0}
 """Values of the keys that checkpoints written before they existed were trained with."""
 
 
-def build_model(cfg: ModelConfig, shape: tuple[int, ...], *, seed: int = 0) -> OneStepFlowMatching:
-    """The one-step generator for samples of ``shape``, from ``params.yaml``'s ``model``."""
+def build_model(
+    cfg: ModelConfig, shape: tuple[int, ...], *, seed: int = 0, steps: int = 100
+) -> OneStepFlowMatching:
+    """The one-step generator for samples of ``shape``, from ``params.yaml``'s ``model``;
+    ``steps`` is ``evaluate.steps``, the sampler whose likelihood training optimises."""
     # params.yaml spells each loss weight ``w_<term>``: one key per LossWeights field
     weights = LossWeights(
         **{f.name: getattr(cfg, f"w_{f.name}") for f in dataclasses.fields(LossWeights)}
@@ -41,6 +43,7 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...], *, seed: int = 0) -> O
         sigma=cfg.sigma,
         weights=weights,
         seed=seed,
+        steps=steps,
     )
 
 

@@ -20,7 +20,8 @@ from pipelines.data import read_split
 from pipelines.errors import ConfigError, cli
 from pipelines.io import write_csv, write_json
 
-LOSS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_mmd", "roundtrip_error")
+LOSS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_mmd", "val_inversion_energy",
+                "roundtrip_error")  # fmt: skip
 
 
 def check_rank(rank: int, shape: tuple[int, ...]) -> None:
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     state = train_loop.load_result_state(result)
     history = state["history"]  # every epoch, resumed ones included (the dataframe keeps fewer)
 
-    model = checkpoint.build_model(cfg.model, shape, seed=cfg.train.seed)
+    model = checkpoint.build_model(cfg.model, shape, seed=cfg.train.seed,
+                                   steps=cfg.evaluate.steps)  # fmt: skip
     model.load_state_dict(train_loop.final_weights(state))
     model_path = out / "model.pt"
     checkpoint.save(model_path, model, cfg.model, shape, run_name=run_name, source=meta["source"])

@@ -57,23 +57,31 @@ def _val_metrics(model: Any, xv: torch.Tensor, seed: int, steps: int) -> dict[st
     return terms
 
 
-def ema_with_warmup(decay: float) -> Any:
+class EmaWithWarmup:
     """``multi_avg_fn`` for ``AveragedModel``: an EMA whose decay ramps up as
     ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that a short run's average is not
-    dominated by its first, untrained weights (torch's ``get_ema_multi_avg_fn`` has no warm-up)."""
+    dominated by its first, untrained weights (torch's ``get_ema_multi_avg_fn`` has no warm-up).
+    ``n`` is counted here, on the host: reading ``AveragedModel.n_averaged`` would sync a GPU
+    every step."""
+
+    def __init__(self, decay: float, updates: int = 0) -> None:
+        self.decay, self.updates = decay, updates
 
     @torch.no_grad()
-    def update(ema: list[torch.Tensor], current: list[torch.Tensor], n: Any) -> None:
-        n = int(n)
-        torch._foreach_lerp_(ema, current, 1 - min(decay, (1 + n) / (10 + n)))
-
-    return update
+    def __call__(self, ema: list[torch.Tensor], current: list[torch.Tensor], _: Any) -> None:
+        n = self.updates
+        torch._foreach_lerp_(ema, current, 1 - min(self.decay, (1 + n) / (10 + n)))
+        self.updates += 1
 
 
 def final_weights(state: dict[str, Any]) -> dict[str, Any]:
     """The weights a training state hands on (evaluation, the saved and registered model): the
-    EMA of the weights when the run kept one, else the raw weights."""
-    return state.get("ema") or state["model"]
+    EMA of the weights when the run kept one (``AveragedModel``'s state, ``module.`` prefixed),
+    else the raw weights."""
+    if "ema_state" not in state:
+        return state["model"]
+    prefix = "module."
+    return {k[len(prefix) :]: v for k, v in state["ema_state"].items() if k.startswith(prefix)}
 
 
 class Session(Protocol):
@@ -169,14 +177,21 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     x, _, meta = read_split(config["train_path"])
     xv, _, _ = read_split(config["val_path"])
     shape = tuple(meta["shape"])
-    model = build_model(model_cfg, shape, seed=train_cfg.seed)
+    model = build_model(model_cfg, shape, seed=train_cfg.seed, steps=sampler_steps)
     x_t, xv_t = torch.from_numpy(x), torch.from_numpy(xv[:512])
     model.initialize_from(x_t[:256])  # ActNorm (image flows); overwritten by a resumed state
     opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     start, history = 0, []
     resumed = session.latest_state()
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
+        try:
+            model.load_state_dict(resumed["model"])
+        except RuntimeError:
+            raise LinearizerError(
+                "the checkpoint to resume holds another model (written before model.operator "
+                "existed, or with other model.* values): resume with the params it was trained "
+                "with (model.operator: low_rank, model.w_one_step_likelihood: 0 for old runs)"
+            ) from None
         opt.load_state_dict(resumed["optimizer"])
         start, history = int(resumed["epoch"]) + 1, list(resumed["history"])
     per_worker = max(1, train_cfg.batch_size // max(world, 1))
@@ -190,9 +205,11 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     # flow-matching standard for sample quality and steadies the metric sweeps compare
     ema = None
     if train_cfg.ema_decay > 0:
-        ema = AveragedModel(raw, multi_avg_fn=ema_with_warmup(train_cfg.ema_decay))
+        averager = EmaWithWarmup(train_cfg.ema_decay)
+        ema = AveragedModel(raw, multi_avg_fn=averager)
         if resumed is not None and "ema_state" in resumed:
             ema.load_state_dict(resumed["ema_state"])
+            averager.updates = int(ema.n_averaged) - 1  # the first update only copied
     evaluated = raw if ema is None else ema.module
     xv_t = xv_t.to(device)
     for epoch in range(start, epochs):
@@ -257,7 +274,7 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             state = {"model": raw.state_dict(), "optimizer": opt.state_dict(),
                      "epoch": epoch, "history": history}  # fmt: skip
             if ema is not None:
-                state |= {"ema": ema.module.state_dict(), "ema_state": ema.state_dict()}
+                state["ema_state"] = ema.state_dict()
         session.report(metrics, state)
         maybe_fail("epoch", epoch)
 
@@ -324,8 +341,8 @@ def run(
 
 
 def load_result_state(result: Any) -> dict[str, Any]:
-    """The rank-0 state of the latest checkpoint: weights (``model``, and ``ema`` when kept),
-    optimizer, ``history`` per epoch."""
+    """The rank-0 state of the latest checkpoint: weights (``model``, and ``ema_state`` when an
+    EMA is kept; ``final_weights`` picks), optimizer, ``history`` per epoch."""
     state = checkpoint_state(result.checkpoint)
     if state is None:
         raise LinearizerError("the training run finished without a checkpoint")

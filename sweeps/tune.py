@@ -364,7 +364,8 @@ def summarise(
             rows.append({**row, s.metric: float("nan")})
             continue
         tcfg = trial.trial_config(cfg, params, sweep_dir)
-        model = checkpoint.build_model(tcfg.model, shape, seed=tcfg.train.seed)
+        model = checkpoint.build_model(tcfg.model, shape, seed=tcfg.train.seed,
+                                       steps=cfg.evaluate.steps)  # fmt: skip
         model.load_state_dict(train_loop.final_weights(state))
         sampler = OneStepSampler(model, cfg.evaluate.steps)
         row.update({s.metric: float(state["history"][-1][s.metric]), **results.score(sampler, xv)})

@@ -124,3 +124,13 @@ def test_a_collapsed_sampler_does_not_follow_the_parameters_to_another_dtype():
     op.float()
     torch.testing.assert_close(b.solve(b.apply(z)), z, atol=1e-10, rtol=0)
     assert torch.equal(b.apply(z), before)
+
+
+@pytest.mark.parametrize("kind", ["isotropic_psd", "isotropic_low_rank", "low_rank"])
+def test_singular_values_of_a_factored_collapse_match_the_dense_ones(kind):
+    op = operator(kind, dim=40, rank=2, seed=5)
+    b = collapse(op, 12, "euler")
+    assert b.factored
+    torch.testing.assert_close(
+        b.singular_values(), torch.linalg.svdvals(b.dense()), atol=1e-10, rtol=1e-10
+    )

@@ -2,9 +2,10 @@
 
 ``g(.; 0)`` encodes noise, ``g(.; 1)`` encodes data (one conditional network with shared weights,
 or two networks). Training interpolates in the latent space, ``z_t = (1-t) z0 + t z1``, and a
-time-conditioned rank-``r`` operator predicts the clean latent, ``A_t z_t ~ z1``. Sampling
-integrates ``v(z, t) = (A_t z - z) / (1 - t)``; every step is linear in ``z``, so ``T`` steps are
-one matrix ``B`` (``lincore.sampling.collapse``) and a sample is ``g^-1(B g(x0; 0); 1)``.
+time-conditioned operator (``a(t) I`` plus rank ``r``) predicts the clean latent,
+``A_t z_t ~ z1``. Sampling integrates ``v(z, t) = (A_t z - z) / (1 - t)``; every step is linear
+in ``z``, so ``T`` steps are one matrix ``B`` (``lincore.sampling.collapse``) and a sample is
+``g^-1(B g(x0; 0); 1)``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ Perceptual = Callable[[Tensor, Tensor], Tensor]
 """``(prediction, target) -> scalar`` loss on data-domain tensors, e.g. an LPIPS network."""
 
 LOG_2PI = math.log(2 * math.pi)
+MAX_DENSE_LIKELIHOOD_DIM = 1024
+"""Largest ``D`` for which the rank-only operator may train the one-step likelihood (its
+collapse goes dense, ``D x D`` per step in the autograd graph)."""
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the four terms of the objective (the paper uses 1 for all)."""
+    """Weights of the terms of the objective: the paper's four (1 for all) and two likelihoods."""
 
     latent: float = 1.0
     noise_reconstruction: float = 1.0
@@ -93,10 +97,16 @@ class OneStepFlowMatching(nn.Module):
             )
         if not sigma >= 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
-        if (weights or LossWeights()).one_step_likelihood and operator.kind == "low_rank":
+        if (
+            (weights or LossWeights()).one_step_likelihood
+            and operator.kind == "low_rank"
+            and operator.dim > MAX_DENSE_LIKELIHOOD_DIM
+        ):
             raise ValueError(
-                "the one_step_likelihood term needs an operator with shared bases: its collapse "
-                "stays rank r; use operator 'isotropic_psd' (the rank-only one goes dense)"
+                f"the one_step_likelihood term with the rank-only operator differentiates a dense "
+                f"{operator.dim} x {operator.dim} collapse; use operator 'isotropic_psd' (its "
+                f"collapse stays rank r), or set the weight to 0 above "
+                f"D = {MAX_DENSE_LIKELIHOOD_DIM}"
             )
         self.g = g
         self.g_data = g_data
@@ -121,13 +131,15 @@ class OneStepFlowMatching(nn.Module):
         sigma: float = 0.3,
         weights: LossWeights | None = None,
         seed: int = 0,
+        steps: int = 100,
     ) -> OneStepFlowMatching:
         """The standard model for data of ``event_shape``, from the knobs ``params.yaml`` sweeps.
 
         ``flow="coupling"`` flattens samples into a ``CouplingFlow`` (vectors, small images);
         ``flow="image"`` keeps ``(C, H, W)`` for an ``ImageFlow`` (call the model's
         ``initialize_from(data_batch)`` before training). ``operator`` is the kind of ``A_t``
-        (``lincore.operators.OPERATOR_KINDS``).
+        (``lincore.operators.OPERATOR_KINDS``); ``steps`` the ``T`` of the sampler whose
+        likelihood the ``one_step_likelihood`` term trains (the one that will be shipped).
         """
         dim = math.prod(event_shape)
         check_int("rank", rank, low=1, high=dim)
@@ -152,7 +164,7 @@ class OneStepFlowMatching(nn.Module):
         g_data = net(False, 1) if two_networks else None
         torch.manual_seed(seed + 2)
         op = time_operator(operator, dim, rank, hidden=operator_hidden)
-        return cls(g, op, g_data=g_data, sigma=sigma, weights=weights)
+        return cls(g, op, g_data=g_data, sigma=sigma, weights=weights, steps=steps)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -227,8 +239,9 @@ class OneStepFlowMatching(nn.Module):
         }
         w = self.weights
         if w.one_step_likelihood:
-            b = collapse(self.operator, self.steps, "euler", grad=True)
-            terms["one_step_likelihood"] = -self._log_prob(x1, b, z1, log_det).mean() / self.dim
+            b = collapse(self.operator, self.steps, "euler", grad=torch.is_grad_enabled())
+            nll = -self._log_prob(b, z1, log_det).mean() / self.dim
+            terms["one_step_likelihood"] = nll.to(x1.dtype)
         terms["loss"] = (
             w.latent * terms["latent"]
             + w.noise_reconstruction * terms["noise_reconstruction"]
@@ -298,11 +311,9 @@ class OneStepFlowMatching(nn.Module):
         ``x1 = g^-1(B g(e; 0); 1)`` with ``e ~ N(0, I)``, so with ``e = g^-1(B^-1 g(x1; 1); 0)``:
         ``log p = log N(e) - log|det J_g(e; 0)| - log|det B| + log|det J_g(x1; 1)|``.
         """
-        return self._log_prob(x1, sampler, *self.encode_and_log_det(x1, 1))
+        return self._log_prob(sampler, *self.encode_and_log_det(x1, 1))
 
-    def _log_prob(
-        self, x1: Tensor, sampler: CollapsedSampler, z1: Tensor, log_det_data: Tensor
-    ) -> Tensor:
+    def _log_prob(self, sampler: CollapsedSampler, z1: Tensor, log_det_data: Tensor) -> Tensor:
         e = self.decode(sampler.solve(z1), 0)
         _, log_det_noise = self.encode_and_log_det(e, 0)
         e = e.flatten(1).to(torch.float64)

@@ -21,9 +21,12 @@ from the time network, so the operator has ``O(D r + hidden r^2)`` parameters (n
 to ``beta I + U K V^T`` of rank ``r`` (``lincore.iplr.IdentityPlusBasis``).
 
 The promise of ``isotropic_psd``: every Euler step ``M_i = I + dt (A_{t_i} - I) / (1 - t_i)`` is
-symmetric with eigenvalues at least ``alpha_i = 1 - dt (1 - a(t_i)) / (1 - t_i) > 0``, so the
-collapsed ``B`` has ``s_min(B) >= beta = prod_i alpha_i``: no direction is lost, and ``beta`` is
-exactly the identity coefficient of ``B`` (``CollapsedSampler.floor``).
+symmetric with eigenvalues at least ``alpha_i = 1 - dt (1 - a(t_i)) / (1 - t_i)``, positive
+because ``a >= 0`` and ``dt / (1 - t_i) = 1 / (T - i) <= 1/2``; so the collapsed ``B`` has
+``s_min(B) >= prod s_min(M_i) >= beta = prod_i alpha_i``: no direction is lost, and ``beta`` is
+exactly the identity coefficient of ``B`` (``CollapsedSampler.floor``). The PSD core assumes, as
+probabilistic PCA does, that the learned directions carry more variance than the isotropic rest
+(the least-squares optimum is PSD exactly where the data covariance exceeds ``s``).
 """
 
 from __future__ import annotations
@@ -75,16 +78,18 @@ class TimeIsotropicLowRank(nn.Module):
     def kind(self) -> str:
         return "isotropic_psd" if self.symmetric else "isotropic_low_rank"
 
-    def _right(self) -> Tensor:
+    @property
+    def right(self) -> Tensor:
+        """The right basis: ``V``, or ``U`` itself for the symmetric kind."""
         return self.U if self.V is None else self.V
 
     def coefficient(self, t: Tensor) -> Tensor:
-        """``a(t) = t s / ((1 - t)^2 v + t^2 s)``, elementwise; 0 at t = 0, 1 at t = 1 if s = v."""
+        """``a(t) = t s / ((1 - t)^2 v + t^2 s)``, elementwise: 0 at t = 0, 1 at t = 1."""
         s, v = self.log_signal.exp(), self.log_noise.exp()
         return t * s / ((1 - t).pow(2) * v + t.pow(2) * s)
 
     def core_at(self, t: Tensor) -> Tensor:
-        """The ``(B, r, r)`` core ``w(t) C_t``, or the positive semi-definite
+        """The ``(B, r, r)`` core ``w(t) C_t / sqrt(r)``, or the positive semi-definite
         ``w(t) C_t C_t^T / r``, with ``w(t) = 6.75 t (1 - t)^2``."""
         c = self.mlp(sinusoidal_embedding(t, self.embed_dim)).view(-1, self.rank, self.rank)
         w = (6.75 * t * (1 - t).pow(2))[:, None, None]
@@ -95,7 +100,7 @@ class TimeIsotropicLowRank(nn.Module):
     def forward(self, z: Tensor, t: Tensor) -> Tensor:
         """``A_t z`` per sample, ``z (B, dim)``, ``t (B,)``: ``O(B dim r)``, nothing of size
         ``dim x r`` per sample."""
-        p = z @ self._right()
+        p = z @ self.right
         q = torch.einsum("brs,bs->br", self.core_at(t), p)
         return self.coefficient(t)[:, None] * z + q @ self.U.T
 
@@ -107,7 +112,7 @@ class TimeIsotropicLowRank(nn.Module):
             self.coefficient(tt)[0].to(dtype),
             self.core_at(tt)[0].to(dtype),
             self.U.to(dtype, copy=True),
-            self._right().to(dtype, copy=True),
+            self.right.to(dtype, copy=True),
         )
 
 
