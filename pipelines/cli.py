@@ -1,6 +1,7 @@
-"""``linearizer``: the command-line entry point (``linearizer sample``).
+"""``linearizer``: the command-line entry point (``linearizer sample``, ``cluster-check``).
 
 linearizer sample --model <MLflow model URI | path to model.pt> --n 64 --out grid.png
+linearizer cluster-check     # what the local Ray listens on; exit 1 unless all on loopback
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines import figures
+from pipelines import cluster_check, figures
 from pipelines.errors import ConfigError, DataError, cli
 
 
@@ -56,9 +57,16 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--out", default="grid.png")
     s.add_argument("--steps", type=int, default=100, help="sampler steps collapsed (local file)")
     s.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("cluster-check", help="list what the local Ray listens on; exit 1 if "
+                       "anything listens outside loopback, 2 if no Ray runs",
+                       description=cluster_check.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    cluster_check.add_arguments(c)
     args = p.parse_args(argv)
     if args.command == "sample":
         sample(args)
+    elif args.command == "cluster-check" and (code := cluster_check.check(args)):
+        raise SystemExit(code)
 
 
 run = cli(main)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 from test_pipeline_e2e import BIN, clean_env, copy_project, sh
 
+from pipelines.cluster_check import listeners, non_loopback
 from pipelines.config import SweepConfig
 from pipelines.errors import ConfigError, ServiceError
 from sweeps import registry, results, space
@@ -251,7 +252,8 @@ def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
     the sweep (Ray Train inside each trial) and writes into the project, not the job's copy."""
     (project / "params.yaml").write_text(tiny(n=2, epochs=2, concurrent=2, workers=1))
     gcs, dash = _free_port(), _free_port()
-    env = clean_env(RAY_USAGE_STATS_ENABLED="0")
+    # as the README writes it: the loopback prefix, not inherited from this test process
+    env = clean_env(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
@@ -270,9 +272,10 @@ def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
             except OSError:
                 assert time.time() < deadline, "the Ray head did not come up"
                 time.sleep(1)
-        # the dashboard listens on loopback only, and refuses a job without the token
-        listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
-        assert f"127.0.0.1:{dash}" in listening and f"0.0.0.0:{dash}" not in listening
+        # every socket of the head's process tree listens on loopback only, and the job API
+        # refuses a job without the token
+        heard = listeners([head.pid])
+        assert any(x.port == dash for x in heard) and not non_loopback(heard), heard
         request = urllib.request.Request(
             f"{url}/api/jobs/", method="POST", headers={"Content-Type": "application/json"},
             data=json.dumps({"entrypoint": "echo pwned"}).encode(),
