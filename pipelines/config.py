@@ -86,6 +86,9 @@ class TrainConfig:
     ema_decay: float = 0.99
     """exponential moving average of the weights, per step (0 = off): what val_mmd, evaluation
     and the saved model use"""
+    image_every: int = 5
+    """log a sample grid (and, for images, an interpolation strip) to the train stage's MLflow
+    run every this many epochs while it trains (0 = off)"""
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ SWEEP_METRICS = ("val_mmd", "val_loss")  # both minimised
 TUNABLE_SECTIONS = ("model", "train")
 UNTUNABLE = frozenset(
     f"train.{k}" for k in ("epochs", "num_workers", "use_gpu", "storage_path",
-                           "checkpoints_to_keep", "max_failures", "max_roundtrip_error")
+                           "checkpoints_to_keep", "max_failures", "max_roundtrip_error",
+                           "image_every")
 )  # fmt: skip
 
 
@@ -234,6 +238,7 @@ def _validate(cfg: Config) -> None:
     need(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
     need(t.max_roundtrip_error > 0, "train.max_roundtrip_error must be > 0")
     need(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    need(t.image_every >= 0, f"train.image_every must be >= 0, got {t.image_every}")
     need(e.steps >= 2, f"evaluate.steps must be >= 2, got {e.steps}")
     need(e.n_samples >= 0 and e.grid >= 1, "evaluate.n_samples must be >= 0 and grid >= 1")
     need(s.num_samples >= 1, f"sweep.num_samples must be >= 1, got {s.num_samples}")

@@ -88,6 +88,7 @@ def evaluate(
         ),
         "nll_bins": float(bins),
         "inversion_median_energy": typical["median_energy"],
+        "inversion_median_expected": typical["median_expected"],  # of N(0, I) noise
         "inversion_inside_shell": typical["inside_shell"],
         "collapse_floor": b["euler"].floor,
         "collapse_min_singular_value": float(singular.min()),

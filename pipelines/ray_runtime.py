@@ -11,13 +11,24 @@ import socket
 import tempfile
 from urllib.parse import urlparse
 
+from pipelines import tracking
 from pipelines.config import ROOT
 from pipelines.errors import ConfigError, ServiceError
 
+# What keeps a Ray head started on this machine (ray.init() here, or the README's `ray start
+# --head --node-ip-address=127.0.0.1`) on 127.0.0.1 only. With it, services.get_node_ip_address()
+# answers 127.0.0.1, so `ray start` no longer rewrites --node-ip-address=127.0.0.1 into the
+# eth0 address (scripts.py: resolve_ip_for_localhost), and every server then binds loopback:
+# GCS, raylet and object manager (C++: listen_to_localhost_only = node ip == "127.0.0.1"),
+# client server, dashboard agent, runtime-env agent and the metrics exporters (is_localhost).
+# Its price: such a head takes no other node (its GCS is on loopback), see README.
+LOOPBACK_ENV: dict[str, str] = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
 # Ray reads these when it is first imported (ray_constants.ENABLE_RAY_CLUSTER), so they are set
-# here, at import, not inside init(): the second one makes the local node 127.0.0.1 on Linux.
+# here, at import, not inside init().
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+for _key, _value in LOOPBACK_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 
 def _reachable(address: str, timeout: float = 3.0) -> bool:
@@ -44,6 +55,9 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
     address = os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
     if address:
+        # workers on other nodes do not inherit this process's environment: hand them the
+        # MLflow client's settings, so that rank 0 can log each epoch to a server behind auth
+        runtime_env["env_vars"].update(tracking.client_env())
         if not _reachable(address):
             raise ServiceError(
                 f"cannot reach the Ray cluster at RAY_ADDRESS={address}; check `ray status` on "

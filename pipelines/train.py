@@ -4,8 +4,9 @@
                               [--resume RUN_NAME]
 
 Checks everything cheap first (params, data, rank vs latent dimension, MLflow, Ray resources),
-then trains with checkpoints under ``train.storage_path``. ``--resume`` continues a run that was
-interrupted (same Ray run name). Writes ``models/model.pt`` (state dict + config),
+then trains with checkpoints under ``train.storage_path``. The MLflow run opens before the first
+epoch and follows training live (see ``tracking``). ``--resume`` continues a run that was
+interrupted (same Ray run name, same MLflow run). Writes ``models/model.pt`` (state dict + config),
 ``models/summary.json`` and ``plots/loss.{csv,png}``, all atomically.
 """
 
@@ -46,75 +47,88 @@ def main(argv: list[str] | None = None) -> dict:
     data_dir = config_mod.resolve(args.data)
     out = config_mod.output_path(args.out, "--out")
     plots = config_mod.output_path(args.plots, "--plots")
-    config_mod.output_path(cfg.train.storage_path, "train.storage_path")  # fail before Ray starts
+    storage = config_mod.output_path(cfg.train.storage_path, "train.storage_path")  # before Ray
     train_path, val_path = data_dir / "train.parquet", data_dir / "val.parquet"
     x, _, meta = read_split(train_path)
     xv, _, _ = read_split(val_path)
     shape = tuple(meta["shape"])
     check_rank(cfg.model.rank, shape)
-    tracking.check_reachable(tracking.tracking_uri(cfg.mlflow))
+    uri = tracking.tracking_uri(cfg.mlflow)
+    tracking.check_reachable(uri)
 
     ray_runtime.init()
     ray_runtime.check_workers(cfg.train.num_workers, cfg.train.use_gpu)
     run_name = args.resume or train_loop.unique_run_name()
-    print(f"training {run_name}: {len(x)} samples of shape {shape}, "
-          f"{cfg.train.num_workers} worker(s), {cfg.train.epochs} epochs")  # fmt: skip
-    result = train_loop.run(cfg, train_path, val_path, run_name=run_name)
-    state = train_loop.load_result_state(result)
-    history = state["history"]  # every epoch, resumed ones included (the dataframe keeps fewer)
-
-    model = checkpoint.build_model(cfg.model, shape, seed=cfg.train.seed,
-                                   steps=cfg.evaluate.steps)  # fmt: skip
-    model.load_state_dict(train_loop.final_weights(state))
-    model_path = out / "model.pt"
-    checkpoint.save(model_path, model, cfg.model, shape, run_name=run_name, source=meta["source"])
-    write_csv(plots / "loss.csv", history, LOSS_COLUMNS)
-    epochs = [int(r["epoch"]) + 1 for r in history]
-    loss_fig = figures.curves(
-        epochs,
-        {"train": [r["train_loss"] for r in history], "val": [r["val_loss"] for r in history]},
-        xlabel="epoch", ylabel="loss", title=f"{run_name}",
-    )  # fmt: skip
 
     import mlflow
+    from mlflow import MlflowClient
 
     from pipelines.sampler import OneStepSampler
 
-    tracking.setup(cfg.mlflow)
-    with mlflow.start_run(run_name=run_name) as run:
-        mlflow.log_params(cfg.to_flat_dict())
-        mlflow.log_params(
-            {"data.shape": str(shape), "data.source": meta["source"],
-             "ray.run_name": run_name, "ray.storage_path": str(result.path)}
+    # the MLflow run exists before the first epoch: RUNNING while Ray Train trains, rank 0
+    # logging each epoch into it (train_loop.fit_epochs), FAILED with the reason if it fails
+    exp_id = tracking.setup(cfg.mlflow)
+    client = MlflowClient(uri)
+    resumed = tracking.find_train_run(client, exp_id, run_name) if args.resume else None
+    closed = tracking.close_orphaned_train_runs(
+        client, exp_id, keep=resumed.info.run_id if resumed else None
+    )
+    if closed:
+        print(f"marked {closed} train run(s) left RUNNING by a killed driver as KILLED")
+    params = {**cfg.to_flat_dict(), "data.shape": str(shape), "data.source": meta["source"],
+              "ray.run_name": run_name, "ray.storage_path": str(storage / run_name)}  # fmt: skip
+    dataset = mlflow.data.from_numpy(x, source=str(train_path), name=f"{cfg.data.name}-train")
+    run_id, before = tracking.open_train_run(
+        client, exp_id, run_name, params, previous=resumed, dataset=dataset
+    )
+    again = f", continued (it was {before})" if before else ""
+    print(f"training {run_name}: {len(x)} samples of shape {shape}, "
+          f"{cfg.train.num_workers} worker(s), {cfg.train.epochs} epochs; "
+          f"MLflow run {run_id}{again}")  # fmt: skip
+    live = {"tracking_uri": uri, "run_id": run_id, "grid": cfg.evaluate.grid}
+    with tracking.failed_on_error(client, run_id):
+        result = train_loop.run(cfg, train_path, val_path, run_name=run_name, mlflow_run=live)
+        state = train_loop.load_result_state(result)
+        history = state["history"]  # every epoch, resumed ones included
+
+        model = checkpoint.build_model(cfg.model, shape, seed=cfg.train.seed,
+                                       steps=cfg.evaluate.steps)  # fmt: skip
+        model.load_state_dict(train_loop.final_weights(state))
+        model_path = out / "model.pt"
+        checkpoint.save(model_path, model, cfg.model, shape, run_name=run_name,
+                        source=meta["source"])  # fmt: skip
+        write_csv(plots / "loss.csv", history, LOSS_COLUMNS)
+        epochs = [int(r["epoch"]) + 1 for r in history]
+        loss_fig = figures.curves(
+            epochs,
+            {"train": [r["train_loss"] for r in history],
+             "val": [r["val_loss"] for r in history]},
+            xlabel="epoch", ylabel="loss", title=f"{run_name}",
         )  # fmt: skip
-        for r in history:
-            mlflow.log_metrics(
-                {k: float(v) for k, v in r.items() if k.startswith(("train_", "val_", "round"))},
-                step=int(r["epoch"]) + 1,
+        tracking.log_missing_epochs(client, run_id, history)
+        with mlflow.start_run(run_id=run_id):  # FINISHED once every output is written
+            mlflow.log_figure(loss_fig, "plots/loss.png")
+            sampler = OneStepSampler(model, cfg.evaluate.steps)
+            grid = sampler.sample(cfg.evaluate.grid if len(shape) > 1 else 2000).numpy()
+            mlflow.log_figure(
+                figures.samples(grid, reference=xv, title="one-step samples (end of training)"),
+                "samples/train_end_grid.png",
             )
-        mlflow.log_figure(loss_fig, "plots/loss.png")
-        sampler = OneStepSampler(model, cfg.evaluate.steps)
-        grid = sampler.sample(cfg.evaluate.grid if len(shape) > 1 else 2000).numpy()
-        mlflow.log_figure(
-            figures.samples(grid, reference=xv, title="one-step samples (end of training)"),
-            "samples/train_end_grid.png",
-        )
-        model_uri = tracking.log_sampler_model(model_path, sampler)
-        run_id = run.info.run_id
-    figures.save_png(loss_fig, plots / "loss.png")
-    final = history[-1]
-    summary = {
-        "run_name": run_name,
-        "mlflow_run_id": run_id,
-        "mlflow_model_uri": model_uri,
-        "tracking_uri": tracking.tracking_uri(cfg.mlflow),
-        "epochs": len(history),
-        "train_loss": final["train_loss"],
-        "val_loss": final["val_loss"],
-        "roundtrip_error": final["roundtrip_error"],
-        "checkpoint_path": str(result.path),
-    }
-    write_json(out / "summary.json", summary)
+            model_uri = tracking.log_sampler_model(model_path, sampler)
+            figures.save_png(loss_fig, plots / "loss.png")
+            final = history[-1]
+            summary = {
+                "run_name": run_name,
+                "mlflow_run_id": run_id,
+                "mlflow_model_uri": model_uri,
+                "tracking_uri": uri,
+                "epochs": len(history),
+                "train_loss": final["train_loss"],
+                "val_loss": final["val_loss"],
+                "roundtrip_error": final["roundtrip_error"],
+                "checkpoint_path": str(result.path),
+            }
+            write_json(out / "summary.json", summary)
     print(f"trained {run_name}: val_loss {final['val_loss']:.4f}; MLflow run {run_id}; "
           f"model {model_path}")  # fmt: skip
     return summary

@@ -17,18 +17,22 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, TensorDataset
 
 from lincore.metrics import mmd, typicality
+from pipelines import tracking
 from pipelines.checkpoint import build_model
 from pipelines.config import Config, ModelConfig, TrainConfig, output_path
 from pipelines.data import read_split
 from pipelines.errors import LinearizerError
 from pipelines.faults import maybe_fail
+
+if TYPE_CHECKING:
+    from pipelines.sampler import OneStepSampler
 
 STATE_FILE = "state.pt"
 
@@ -37,11 +41,16 @@ class NumericalFault(RuntimeError):
     """Training produced NaN/inf or a network that is no longer invertible in float32."""
 
 
-def _val_metrics(model: Any, xv: torch.Tensor, seed: int, steps: int) -> dict[str, float]:
+def _val_metrics(
+    model: Any, xv: torch.Tensor, seed: int, steps: int
+) -> tuple[dict[str, float], OneStepSampler]:
     """Validation loss terms with fixed noise (comparable across epochs), ``val_mmd`` (one-step
     samples against validation data: the quality a sweep compares; the loss is not comparable
     across loss weights) and ``val_inversion_energy`` (median ``|e|^2 / D`` of validation data
-    inverted to noise: about 1 when the generator covers the data)."""
+    inverted to noise: about 1 when the generator covers the data).
+
+    Also returns the sampler it collapsed (a CPU copy of ``model``), so that the epoch's
+    pictures reuse the collapse instead of computing it twice."""
     from pipelines.sampler import OneStepSampler
 
     state = torch.random.get_rng_state()
@@ -54,7 +63,7 @@ def _val_metrics(model: Any, xv: torch.Tensor, seed: int, steps: int) -> dict[st
         noise = sampler.model.invert(ref, sampler.collapsed)
         terms["val_inversion_energy"] = typicality(noise)["median_energy"]
     torch.random.set_rng_state(state)
-    return terms
+    return terms, sampler
 
 
 class EmaWithWarmup:
@@ -166,7 +175,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def fit_epochs(config: dict[str, Any], session: Session) -> None:
     """Train for ``config["epochs"]`` epochs from the session's latest state, reporting each.
 
-    The one training loop of the project: the train stage and every sweep trial run it.
+    The one training loop of the project: the train stage and every sweep trial run it. With
+    ``config["mlflow"]`` (the train stage), rank 0 also logs each epoch to that MLflow run as it
+    ends (``tracking.LiveRun``), before the epoch's checkpoint: an epoch retrained after an
+    interruption was then logged already and is skipped, never missing.
     """
     model_cfg, train_cfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
     epochs = int(config.get("epochs") or train_cfg.epochs)
@@ -212,6 +224,7 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             averager.updates = int(ema.n_averaged) - 1  # the first update only copied
     evaluated = raw if ema is None else ema.module
     xv_t = xv_t.to(device)
+    live = tracking.LiveRun.from_config(config, train_cfg.image_every) if rank == 0 else None
     for epoch in range(start, epochs):
         if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
@@ -247,10 +260,11 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             raise NumericalFault(f"parameters became NaN/inf in epoch {epoch}: lower train.lr")
         raw.eval()
         evaluated.eval()
+        val, val_sampler = _val_metrics(evaluated, xv_t, seed=1234, steps=sampler_steps)
         metrics = {
             "epoch": epoch,
             "train_loss": total / max(batches, 1),
-            **_val_metrics(evaluated, xv_t, seed=1234, steps=sampler_steps),
+            **val,
             "roundtrip_error": raw.roundtrip_error(xv_t),  # the weights being trained
             "num_params": num_params,
             "epoch_seconds": time.perf_counter() - t0,
@@ -269,6 +283,8 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
                 f"roundtrip {metrics['roundtrip_error']:.1e}",
                 flush=True,
             )
+        if live is not None:
+            live.epoch_end(metrics, val_sampler, xv_t)
         state = None
         if rank == 0:
             state = {"model": raw.state_dict(), "optimizer": opt.state_dict(),
@@ -285,10 +301,16 @@ def unique_run_name(prefix: str = "train") -> str:
 
 
 def loop_config(
-    cfg: Config, train_path: Path, val_path: Path, *, epochs: int | None = None
+    cfg: Config,
+    train_path: Path,
+    val_path: Path,
+    *,
+    epochs: int | None = None,
+    mlflow_run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What ``fit_epochs`` needs, as plain data (it crosses process boundaries)."""
-    return {
+    """What ``fit_epochs`` needs, as plain data (it crosses process boundaries). ``mlflow_run``
+    (``{"tracking_uri", "run_id", "grid"}``) is the run rank 0 logs each epoch to."""
+    config = {
         "model": dataclasses.asdict(cfg.model),
         "train": dataclasses.asdict(cfg.train),
         "epochs": epochs,
@@ -296,6 +318,9 @@ def loop_config(
         "train_path": str(train_path),
         "val_path": str(val_path),
     }
+    if mlflow_run is not None:
+        config["mlflow"] = mlflow_run
+    return config
 
 
 def run(
@@ -307,8 +332,11 @@ def run(
     epochs: int | None = None,
     num_workers: int | None = None,
     callbacks: list[Any] | None = None,
+    mlflow_run: dict[str, Any] | None = None,
 ) -> Any:
-    """Fit with a ``TorchTrainer``; returns the ``ray.train.Result``. Ray must be initialised."""
+    """Fit with a ``TorchTrainer``; returns the ``ray.train.Result``. Ray must be initialised.
+
+    ``mlflow_run`` (see ``loop_config``): the MLflow run rank 0 logs every epoch to."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -316,7 +344,9 @@ def run(
     workers = t.num_workers if num_workers is None else num_workers
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(cfg, train_path, val_path, epochs=epochs),
+        train_loop_config=loop_config(
+            cfg, train_path, val_path, epochs=epochs, mlflow_run=mlflow_run
+        ),
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=t.use_gpu),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(

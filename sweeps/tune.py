@@ -31,7 +31,7 @@ from pipelines.errors import ConfigError, LinearizerError, ServiceError, cli
 from pipelines.io import atomic_path, write_atomic, write_csv
 from sweeps import registry, results, space, trial
 
-PARENT_TAG, ROLE_TAG = "linearizer.sweep", "linearizer.role"
+PARENT_TAG, ROLE_TAG = "linearizer.sweep", tracking.ROLE_TAG
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -169,14 +169,7 @@ def child_runs(experiment_id: str, parent_id: str) -> dict[str, Any]:
 
 def close_orphans(experiment_id: str, parent_id: str) -> int:
     """Children left RUNNING by a killed driver are marked KILLED (the UI would show them live)."""
-    from mlflow import MlflowClient
-
-    client, closed = MlflowClient(), 0
-    for run in child_runs(experiment_id, parent_id).values():
-        if run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, "KILLED")
-            closed += 1
-    return closed
+    return tracking.mark_killed(child_runs(experiment_id, parent_id).values())
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -158,6 +158,18 @@ def test_a_killed_training_driver_resumes_without_retraining_finished_epochs(pro
     assert "epoch 1/4" not in out and "epoch 4/4" in out  # finished epochs were not retrained
     summary = json.loads((project / "models/summary.json").read_text())
     assert summary["run_name"] == name and summary["epochs"] == 4
+    # one MLflow run throughout: reopened by --resume, its history continuous, no step twice
+    from mlflow import MlflowClient
+
+    assert "continued (it was RUNNING)" in out
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    exp = client.get_experiment_by_name("linearizer")
+    (run,) = client.search_runs([exp.experiment_id], "tags.`linearizer.role` = 'train'")
+    assert run.info.run_id == summary["mlflow_run_id"] and run.info.status == "FINISHED"
+    assert run.data.tags["linearizer.ray_run"] == name
+    for key in ("train_loss", "val_loss", "val_mmd", "roundtrip_error"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2, 3, 4], key
 
 
 @pytest.mark.slow
