@@ -16,6 +16,16 @@ from lincore.inn import Flow
 from lincore.operators.time_low_rank import sinusoidal_embedding
 
 
+def mlp(inputs: int, outputs: int, *, hidden: int, depth: int) -> nn.Sequential:
+    """``depth`` hidden SiLU layers of width ``hidden``: the velocity networks of the baselines."""
+    check_int("depth", depth, low=1)
+    layers: list[nn.Module] = [nn.Linear(inputs, hidden), nn.SiLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+    layers.append(nn.Linear(hidden, outputs))
+    return nn.Sequential(*layers)
+
+
 class VelocityMLP(nn.Module):
     """``v(x, t)``: an MLP of ``[x, embed(t)]`` with ``depth`` hidden layers of ``hidden``."""
 
@@ -29,16 +39,9 @@ class VelocityMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.event_shape = tuple(event_shape)
-        dim = 1
-        for s in self.event_shape:
-            dim *= s
-        check_int("depth", depth, low=1)
         self.embed_dim = check_int("embed_dim", embed_dim, low=2)
-        layers: list[nn.Module] = [nn.Linear(dim + embed_dim, hidden), nn.SiLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        layers.append(nn.Linear(hidden, dim))
-        self.net = nn.Sequential(*layers)
+        dim = math.prod(self.event_shape)
+        self.net = mlp(dim + embed_dim, dim, hidden=hidden, depth=depth)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         h = torch.cat([x.flatten(1), sinusoidal_embedding(t, self.embed_dim)], 1)

@@ -17,12 +17,14 @@ one forward-mode JVP with tangents ``(v, 1, 0)`` for ``(z, r, t)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from lincore._checks import check_int
+from lincore.generators.baseline import mlp
 from lincore.operators.time_low_rank import sinusoidal_embedding
 
 MeanVelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -48,16 +50,9 @@ class MeanVelocityMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.event_shape = tuple(event_shape)
-        dim = 1
-        for s in self.event_shape:
-            dim *= s
-        check_int("depth", depth, low=1)
         self.embed_dim = check_int("embed_dim", embed_dim, low=2)
-        layers: list[nn.Module] = [nn.Linear(dim + 2 * embed_dim, hidden), nn.SiLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
-        layers.append(nn.Linear(hidden, dim))
-        self.net = nn.Sequential(*layers)
+        dim = math.prod(self.event_shape)
+        self.net = mlp(dim + 2 * embed_dim, dim, hidden=hidden, depth=depth)
 
     def forward(self, z: Tensor, r: Tensor, t: Tensor) -> Tensor:
         """Average velocity over ``[r, t]`` from ``z`` at time ``r``; ``r, t`` of shape ``(B,)``."""
