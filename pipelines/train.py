@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 
 from pipelines import checkpoint, figures, ray_runtime, tracking, train_loop
 from pipelines import config as config_mod
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"marked {closed} train run(s) left RUNNING by a killed driver as KILLED")
     params = {**cfg.to_flat_dict(), "data.shape": str(shape), "data.source": meta["source"],
               "ray.run_name": run_name, "ray.storage_path": str(storage / run_name)}  # fmt: skip
-    dataset = mlflow.data.from_numpy(x, source=str(train_path), name=f"{cfg.data.name}-train")
+    with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be")
+        dataset = mlflow.data.from_numpy(x, source=str(train_path), name=f"{cfg.data.name}-train")
     run_id, before = tracking.open_train_run(
         client, exp_id, run_name, params, previous=resumed, dataset=dataset
     )
