@@ -153,23 +153,30 @@ def find_parent(experiment_id: str, name: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def child_runs(experiment_id: str, parent_id: str) -> dict[str, Any]:
-    """``trial_name -> run`` for the parent's children (the newest run when a resumed trial
-    has two)."""
+def all_child_runs(experiment_id: str, parent_id: str) -> list[Any]:
+    """Every run of the parent's children, oldest first (a resumed trial has one per attempt)."""
     import mlflow
 
-    runs = mlflow.search_runs(
+    return mlflow.search_runs(
         [experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
         order_by=["attributes.start_time ASC"],
         output_format="list",
     )
+
+
+def child_runs(experiment_id: str, parent_id: str) -> dict[str, Any]:
+    """``trial_name -> run`` for the parent's children (the newest run when a resumed trial
+    has two)."""
+    runs = all_child_runs(experiment_id, parent_id)
     return {r.data.tags.get("trial_name", r.info.run_id): r for r in runs}
 
 
 def close_orphans(experiment_id: str, parent_id: str) -> int:
-    """Children left RUNNING by a killed driver are marked KILLED (the UI would show them live)."""
-    return tracking.mark_killed(child_runs(experiment_id, parent_id).values())
+    """Children left RUNNING by a killed driver are marked KILLED (the UI would show them live).
+    All of them: a trial that was running when its driver died has a newer run after the
+    resume, and the older one would hide behind it in ``child_runs``."""
+    return tracking.mark_killed(all_child_runs(experiment_id, parent_id))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

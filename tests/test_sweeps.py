@@ -130,6 +130,32 @@ def test_a_registry_name_bound_to_another_model_is_refused(tmp_path):
         mlflow.set_tracking_uri(None)
 
 
+def test_every_orphaned_attempt_of_a_trial_is_marked_killed(tmp_path):
+    """A trial running when its driver died gets a newer run after the resume: the older one,
+    left RUNNING, must be closed too (the per-trial view keeps only the newest)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from sweeps.tune import child_runs, close_orphans
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        client = MlflowClient()
+        exp = client.create_experiment("e")
+        parent = client.create_run(exp).info.run_id
+        tags = {"mlflow.parentRunId": parent, "trial_name": "run_trial_a"}
+        old = client.create_run(exp, tags=tags).info.run_id  # the attempt the kill interrupted
+        time.sleep(0.01)
+        new = client.create_run(exp, tags=tags).info.run_id  # the resumed attempt, finished
+        client.set_terminated(new, "FINISHED")
+        assert child_runs(exp, parent)["run_trial_a"].info.run_id == new
+        assert close_orphans(exp, parent) == 1
+        assert client.get_run(old).info.status == "KILLED"
+        assert client.get_run(new).info.status == "FINISHED"
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 def run_sweep(proj: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = clean_env()
     return subprocess.run(
