@@ -55,7 +55,9 @@ def train_once(cfg: Any, data: Path, storage: Path, kill_after: int | None) -> d
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipelines import train_loop
+    from pipelines.training.driver import run as run_training
+    from pipelines.training.driver import unique_run_name
+    from pipelines.training.state import load_result_state, load_state_dir
 
     cluster = Cluster(
         initialize_head=True,
@@ -69,13 +71,13 @@ def train_once(cfg: Any, data: Path, storage: Path, kill_after: int | None) -> d
     cluster.add_node(num_cpus=1)
     os.environ["RAY_ADDRESS"] = cluster.address  # Ray's own helpers must not pick another Ray
     ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
-    name = train_loop.unique_run_name("faults")
+    name = unique_run_name("faults")
     events: dict[str, float] = {}
 
     def reached(run_dir: Path) -> bool:
         for ckpt in run_dir.glob("checkpoint_*"):
             try:
-                if int(train_loop.load_state_dir(ckpt)["epoch"]) >= kill_after:
+                if int(load_state_dir(ckpt)["epoch"]) >= kill_after:
                     return True
             except (OSError, RuntimeError, KeyError, EOFError):
                 continue  # being written
@@ -95,13 +97,13 @@ def train_once(cfg: Any, data: Path, storage: Path, kill_after: int | None) -> d
     if watcher:
         watcher.start()
     try:
-        result = train_loop.run(cfg, data / "train.parquet", data / "val.parquet", run_name=name)
+        result = run_training(cfg, data / "train.parquet", data / "val.parquet", run_name=name)
     finally:
         events["done"] = time.perf_counter()
         ray.shutdown()
         cluster.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
-    state = train_loop.load_result_state(result)
+    state = load_result_state(result)
     history = state["history"]
     trained = sorted((storage / name).glob("checkpoint_*"))
     return {
@@ -121,8 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
 
-    from pipelines import config as config_mod
-    from pipelines import data as data_mod
+    from pipelines.common import config as config_mod
+    from pipelines.common import data as data_mod
 
     raw = {
         "data": {"name": "moons", "n_samples": 2000},

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from lincore.classifier import FeatureClassifier, fit_classifier
+from lincore.fit import fit
 from lincore.generators import (
     FlowMatchingBaseline,
     LossWeights,
@@ -65,9 +66,8 @@ from lincore.metrics import (
 from lincore.operators import time_operator
 from lincore.sampling import collapse
 from lincore.toys import toy
-from lincore.training import fit
-from pipelines.config import DataConfig, ModelConfig
-from pipelines.data import build as build_dataset
+from pipelines.common.config import DataConfig, ModelConfig
+from pipelines.common.data import build as build_dataset
 
 STEPS = 100
 
@@ -262,7 +262,7 @@ def run_dataset(name: str, seconds: float, log: Callable[[str], None]) -> list[d
     """Every model trained for the same wall-clock ``seconds``, then scored on held-out data."""
     data = load(name)
     lin = build_linearizer(data)
-    old = build_linearizer(data, "low_rank", LossWeights(data_likelihood=1.0))
+    old = build_linearizer(data, "low_rank", LossWeights.paper(data_likelihood=1.0))
     budget = n_params(lin)
     models: dict[str, torch.nn.Module] = {
         "linearizer": lin,
@@ -312,15 +312,16 @@ def run_dataset(name: str, seconds: float, log: Callable[[str], None]) -> list[d
 
 
 ABLATION = {
-    "rank-only, data likelihood (old default)": ("low_rank", LossWeights(data_likelihood=1.0)),
-    "rank-only, paper objective": ("low_rank", LossWeights()),
+    "rank-only, data likelihood (old default)": (
+        "low_rank", LossWeights.paper(data_likelihood=1.0)),
+    "rank-only, paper objective": ("low_rank", LossWeights.paper()),
     "rank-only, data + one-step likelihood": ("low_rank", DEFAULT_WEIGHTS),
     "isotropic_low_rank, data + one-step likelihood": ("isotropic_low_rank", DEFAULT_WEIGHTS),
     "isotropic_psd, data + one-step likelihood (default)": ("isotropic_psd", DEFAULT_WEIGHTS),
-    "isotropic_psd, data likelihood": ("isotropic_psd", LossWeights(data_likelihood=1)),
-    "isotropic_psd, paper objective": ("isotropic_psd", LossWeights()),
+    "isotropic_psd, data likelihood": ("isotropic_psd", LossWeights.paper(data_likelihood=1)),
+    "isotropic_psd, paper objective": ("isotropic_psd", LossWeights.paper()),
     "isotropic_psd, one-step likelihood only": (
-        "isotropic_psd", LossWeights(one_step_likelihood=1)),
+        "isotropic_psd", LossWeights.paper(one_step_likelihood=1)),
 }  # fmt: skip
 
 

@@ -30,7 +30,7 @@ ARMS = {"tpe+asha": ("optuna", "asha"), "random": ("random", "none")}
 def run_arm(cfg: Any, arm: str, seed: int, trials: int, epochs: int, data: Path,
             storage: Path) -> dict[str, Any]:  # fmt: skip
     """One search; returns its per-epoch objective values in the order they were reported."""
-    from sweeps.tune import fit
+    from sweeps.search import fit
 
     search, scheduler = ARMS[arm]
     sweep = dataclasses.replace(
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
 
-    from pipelines import config as config_mod
-    from pipelines import data as data_mod
-    from pipelines import ray_runtime
+    from pipelines.common import config as config_mod
+    from pipelines.common import data as data_mod
+    from pipelines.common import ray_runtime
 
     cfg = config_mod.load()
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name=args.data))

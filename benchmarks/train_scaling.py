@@ -3,7 +3,7 @@
     python -m benchmarks.train_scaling [--epochs 4] [--workers 1,2] [--gpu]
 
 Prepares digits in a temporary folder, then for each worker count runs the real train loop
-(``pipelines.train_loop.run``) and reports: training samples/s (from the epochs' own timings),
+(``pipelines.training.driver.run``) and reports: training samples/s (from the epochs' own timings),
 wall time of ``fit()``, and the share of it not spent in epochs (worker start-up, checkpoints,
 teardown). ``ray.init`` is timed once. Ratios against 1 worker come from the same run.
 """
@@ -16,8 +16,11 @@ import time
 from pathlib import Path
 
 from benchmarks.one_step import table
-from pipelines import data, ray_runtime, train_loop
-from pipelines.config import Config, DataConfig, TrainConfig
+from pipelines.common import data, ray_runtime
+from pipelines.common.config import Config, DataConfig, TrainConfig
+from pipelines.training.driver import run as run_training
+from pipelines.training.driver import unique_run_name
+from pipelines.training.state import load_result_state
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -40,12 +43,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                            storage_path=str(Path(tmp) / "ray")))  # fmt: skip
             ray_runtime.check_workers(workers, args.gpu)
             t0 = time.perf_counter()
-            result = train_loop.run(
+            result = run_training(
                 cfg, Path(tmp) / "train.parquet", Path(tmp) / "val.parquet",
-                run_name=train_loop.unique_run_name("bench"), epochs=args.epochs,
+                run_name=unique_run_name("bench"), epochs=args.epochs,
             )  # fmt: skip
             wall = time.perf_counter() - t0
-            history = train_loop.load_result_state(result)["history"]
+            history = load_result_state(result)["history"]
             steady = history[1:] or history  # the first epoch includes lazy start-up
             epoch_s = sum(h["epoch_seconds"] for h in steady) / len(steady)
             rows.append({"workers": workers, "samples/s": n / epoch_s, "fit wall s": wall,

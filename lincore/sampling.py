@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from lincore._checks import check_int
-from lincore.iplr import IdentityPlusBasis, IdentityPlusLowRank
+from lincore.identity_plus import IdentityPlusBasis, IdentityPlusLowRank
 from lincore.operators.time_isotropic import TimeIsotropicLowRank, TimeOperator
 
 Method = Literal["euler", "rk4"]

@@ -1,5 +1,2 @@
-"""DVC stage entry points (``python -m pipelines.<stage>``): prepare, train, evaluate.
-
-They read ``params.yaml``, call ``lincore`` and log to MLflow; the stages land with the pipeline
-work. Until then ``dvc.yaml`` runs the ``lincore`` demo.
-"""
+"""The pipeline around ``lincore``: DVC stages (``stages``), user commands (``commands``),
+training under Ray Train (``training``) and the pieces they share (``common``)."""

@@ -6,7 +6,7 @@ another model and is refused before any trial starts (registering into it would 
 
 from __future__ import annotations
 
-from pipelines.errors import ConfigError
+from pipelines.common.errors import ConfigError
 
 KIND_TAG, KIND = "linearizer.kind", "one-step-sampler"
 ALIAS = "champion"
@@ -24,7 +24,7 @@ def claim(name: str) -> None:
         client.create_registered_model(
             name,
             tags={KIND_TAG: KIND},
-            description="One-step Linearizer sampler: best trial of `python -m sweeps.tune`.",
+            description="One-step Linearizer sampler: best trial of `python -m sweeps`.",
         )
         return
     if model.tags.get(KIND_TAG) != KIND:

@@ -9,39 +9,15 @@ Tune's own checkpoints (Ray Train's local mode refuses to run inside Tune).
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
-from pipelines import train_loop
-from pipelines.config import Config, apply_trial
-
-
-class TuneSession:
-    """``train_loop.Session`` for a Tune trial process: one worker, Tune checkpoints."""
-
-    world, rank = 1, 0
-
-    def __init__(self, use_gpu: bool) -> None:
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-
-    def latest_state(self) -> dict[str, Any] | None:
-        from ray import tune
-
-        return train_loop.checkpoint_state(tune.get_checkpoint())
-
-    def prepare(self, loader: DataLoader, model: torch.nn.Module) -> tuple[Any, Any]:
-        return loader, model.to(self.device)
-
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        from ray import tune
-
-        with tempfile.TemporaryDirectory() as tmp:
-            train_loop.save_state(state, tmp)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+from pipelines.common.config import Config, apply_trial
+from pipelines.training.driver import loop_config
+from pipelines.training.driver import run as run_training
+from pipelines.training.loop import fit_epochs
+from pipelines.training.session import TuneSession
+from pipelines.training.state import checkpoint_state
 
 
 def trial_config(base: Config, params: dict[str, Any], storage: Path) -> Config:
@@ -66,12 +42,12 @@ def run_trial(
 
     cfg = trial_config(base, params, Path(storage))
     if cfg.train.num_workers == 0:
-        config = train_loop.loop_config(cfg, Path(train_path), Path(val_path))
-        train_loop.fit_epochs(config, TuneSession(cfg.train.use_gpu))
+        config = loop_config(cfg, Path(train_path), Path(val_path))
+        fit_epochs(config, TuneSession(cfg.train.use_gpu))
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    train_loop.run(
+    run_training(
         cfg,
         Path(train_path),
         Path(val_path),
@@ -87,4 +63,4 @@ def final_state(result: Any) -> dict[str, Any] | None:
     ckpt = result.checkpoint  # in-process trials; Ray Train trials report the path instead
     if ckpt is None and (result.metrics or {}).get("checkpoint_path"):
         ckpt = ray.train.Checkpoint(result.metrics["checkpoint_path"])
-    return train_loop.checkpoint_state(ckpt)
+    return checkpoint_state(ckpt)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import data as data_mod
-from pipelines.config import parse
+from pipelines.common import data as data_mod
+from pipelines.common.config import parse
 
 
 @pytest.fixture(scope="session")

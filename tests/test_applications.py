@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from lincore import CouplingFlow, ImageFlow, VectorSpace, filters
+from lincore.fit import fit
 from lincore.generators import ProjectiveGenerator, StyleTransfer
 from lincore.operators import DepthwiseConv
 from lincore.testing import far_from_identity, relative_deviation
 from lincore.toys import toy
-from lincore.training import fit
 
 F64 = torch.float64
 TOL = {"atol": 1e-9, "rtol": 1e-9}
@@ -189,7 +189,7 @@ def test_filter_definitions():
 def test_the_projective_command_writes_its_report(tmp_path):
     import json
 
-    from pipelines import projective
+    from pipelines.commands import projective
 
     rows = projective.main(["--data", "moons", "--ranks", "1", "--seconds", "1", "--depth", "2",
                             "--hidden", "16", "--out", str(tmp_path)])  # fmt: skip
@@ -200,7 +200,7 @@ def test_the_projective_command_writes_its_report(tmp_path):
 
 
 def test_the_style_command_writes_its_report(tmp_path):
-    from pipelines import style
+    from pipelines.commands import style
 
     out = style.main(["--styles", "sepia", "blur", "--new-style", "emboss", "--seconds", "2",
                       "--depth", "1", "--hidden", "8", "--out", str(tmp_path)])  # fmt: skip

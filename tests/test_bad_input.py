@@ -16,10 +16,11 @@ import yaml
 
 from lincore import CouplingFlow, Dense, Idempotent, Linearizer, filters
 from lincore.generators import ProjectiveGenerator, StyleTransfer
-from pipelines import cli as sample_cli
-from pipelines import evaluate, prepare, projective, style, train
-from pipelines.errors import cli
-from sweeps import tune
+from pipelines.commands import cli as sample_cli
+from pipelines.commands import projective, style
+from pipelines.common.errors import cli
+from pipelines.stages import evaluate, prepare, train
+from sweeps import cli as tune
 
 TINY = {"data": {"name": "moons", "n_samples": 200}, "model": {"rank": 2, "depth": 1}}
 

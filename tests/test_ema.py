@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from pipelines.train_loop import EmaWithWarmup, final_weights
+from pipelines.training.schedule import EmaWithWarmup
+from pipelines.training.state import final_weights
 
 
 def test_the_ema_warms_up_then_decays_at_its_rate():

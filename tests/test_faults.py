@@ -18,15 +18,16 @@ import pytest
 import torch
 from test_pipeline_e2e import BIN, clean_env, copy_project, sh
 
-from pipelines import train_loop
-from pipelines.config import parse
-from pipelines.faults import InjectedFault
+from pipelines.common.config import parse
+from pipelines.common.fault_injection import InjectedFault
+from pipelines.training.driver import loop_config
+from pipelines.training.loop import NumericalFault, fit_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class FakeSession:
-    """``train_loop.Session`` without Ray: records what the loop reports."""
+    """``Session`` without Ray: records what the loop reports."""
 
     world, rank, device = 1, 0, torch.device("cpu")
 
@@ -44,28 +45,28 @@ class FakeSession:
         self.state = copy.deepcopy(state)
 
 
-def loop_config(moons: Path, epochs: int = 3, **train: Any) -> dict[str, Any]:
+def moons_config(moons: Path, epochs: int = 3, **train: Any) -> dict[str, Any]:
     cfg = parse({
         "model": {"rank": 2, "depth": 2, "hidden": 16, "operator_hidden": 16},
         "train": {"epochs": epochs, "batch_size": 64, **train},
         "evaluate": {"steps": 10},
     })  # fmt: skip
-    return train_loop.loop_config(cfg, moons / "train.parquet", moons / "val.parquet")
+    return loop_config(cfg, moons / "train.parquet", moons / "val.parquet")
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step_and_the_fix(moons):
-    with pytest.raises(train_loop.NumericalFault, match=r"at epoch 0, step \d+.*: lower train.lr"):
-        train_loop.fit_epochs(loop_config(moons, lr=1e9), FakeSession())
+    with pytest.raises(NumericalFault, match=r"at epoch 0, step \d+.*: lower train.lr"):
+        fit_epochs(moons_config(moons, lr=1e9), FakeSession())
 
 
 def test_a_network_no_longer_invertible_in_float32_stops_the_run(moons):
     session = FakeSession()
     with pytest.raises(
-        train_loop.NumericalFault,
+        NumericalFault,
         match="no longer invertible in float32 at "
         r"epoch 0: max\|g\^-1\(g\(x\)\) - x\| = .* > train.max_roundtrip_error",
     ):
-        train_loop.fit_epochs(loop_config(moons, max_roundtrip_error=1e-15), session)
+        fit_epochs(moons_config(moons, max_roundtrip_error=1e-15), session)
     assert session.reports == []  # nothing reported from the broken epoch
 
 
@@ -74,15 +75,15 @@ def test_a_resumed_run_retraces_an_undisturbed_one(moons, tmp_path, monkeypatch)
     3-epoch run crashing after epoch 2, resumed from its checkpoint, ends bit for bit where
     3 epochs straight do."""
     straight = FakeSession()
-    train_loop.fit_epochs(loop_config(moons, 3), straight)
+    fit_epochs(moons_config(moons, 3), straight)
     first = FakeSession()
     monkeypatch.setenv("LINEARIZER_FAULT", "epoch:1")
     monkeypatch.setenv("LINEARIZER_FAULT_DIR", str(tmp_path))
     with pytest.raises(InjectedFault, match="injected fault at epoch 1"):
-        train_loop.fit_epochs(loop_config(moons, 3), first)
+        fit_epochs(moons_config(moons, 3), first)
     assert [r["epoch"] for r in first.reports] == [0, 1]
     resumed = FakeSession(first.state)
-    train_loop.fit_epochs(loop_config(moons, 3), resumed)
+    fit_epochs(moons_config(moons, 3), resumed)
     assert len(resumed.reports) == 1 and resumed.reports[0]["epoch"] == 2  # only what was left
     for key in ("train_loss", "val_loss", "val_mmd", "roundtrip_error"):
         assert resumed.reports[0][key] == straight.reports[-1][key]
@@ -136,10 +137,10 @@ def test_a_stage_killed_mid_write_leaves_no_half_written_output_and_reruns(proje
 
 @pytest.mark.slow
 def test_a_killed_training_driver_resumes_without_retraining_finished_epochs(project, tmp_path):
-    sh([str(BIN / "python"), "-m", "pipelines.prepare"], project, timeout=120)
+    sh([str(BIN / "python"), "-m", "pipelines.stages.prepare"], project, timeout=120)
     log = tmp_path / "train.log"
     proc = subprocess.Popen(
-        [str(BIN / "python"), "-u", "-m", "pipelines.train"], cwd=project, env=clean_env(),
+        [str(BIN / "python"), "-u", "-m", "pipelines.stages.train"], cwd=project, env=clean_env(),
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     deadline = time.time() + 180
@@ -152,7 +153,7 @@ def test_a_killed_training_driver_resumes_without_retraining_finished_epochs(pro
         proc.wait()
     name = next(ln.split()[1].rstrip(":") for ln in log.read_text().splitlines()
                 if ln.startswith("training "))  # fmt: skip
-    resumed = sh([str(BIN / "python"), "-m", "pipelines.train", "--resume", name], project,
+    resumed = sh([str(BIN / "python"), "-m", "pipelines.stages.train", "--resume", name], project,
                  timeout=300)  # fmt: skip
     out = resumed.stdout + resumed.stderr
     assert "epoch 1/4" not in out and "epoch 4/4" in out  # finished epochs were not retrained
@@ -182,9 +183,9 @@ def test_a_crashed_sweep_trial_is_retried_and_its_failed_attempt_recorded(projec
         "  max_concurrent_trials: 1\n  scheduler: none\n"
         "  space: {model.rank: {choice: [1, 2]}}\n"
     )
-    sh([str(BIN / "python"), "-m", "pipelines.prepare"], project, timeout=120)
+    sh([str(BIN / "python"), "-m", "pipelines.stages.prepare"], project, timeout=120)
     r = subprocess.run(
-        [str(BIN / "python"), "-m", "sweeps.tune", "--name", "retry"], cwd=project,
+        [str(BIN / "python"), "-m", "sweeps", "--name", "retry"], cwd=project,
         capture_output=True, text=True, timeout=300,
         env=clean_env(LINEARIZER_FAULT="epoch:0", LINEARIZER_FAULT_DIR=str(tmp_path)),
     )  # fmt: skip
@@ -218,7 +219,7 @@ def test_a_killed_training_worker_costs_one_checkpoint_interval_not_the_run(tmp_
 
 
 def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
-    from pipelines.io import write_json
+    from pipelines.common.atomic import write_json
 
     path = write_json(tmp_path / "out.json", {"a": 1})
     mask = os.umask(0)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lincore import CouplingFlow, ImageFlow
+from lincore.fit import fit
 from lincore.generators import (
     FlowMatchingBaseline,
     LossWeights,
@@ -18,7 +19,6 @@ from lincore.generators import (
 from lincore.operators import OPERATOR_KINDS, TimeLowRank, time_operator
 from lincore.testing import far_from_identity, far_from_zero
 from lincore.toys import toy
-from lincore.training import fit
 
 F64 = torch.float64
 TOL = {"atol": 1e-9, "rtol": 1e-9}
@@ -81,7 +81,7 @@ def test_one_forward_reaches_every_parameter():
 
 def test_loss_terms_and_weights():
     m = model()
-    m.weights = LossWeights(latent=2.0, noise_reconstruction=0.0, prediction=0.5)
+    m.weights = LossWeights.paper(latent=2.0, noise_reconstruction=0.0, prediction=0.5)
     torch.manual_seed(3)
     terms = m(torch.randn(8, 4, dtype=F64))
     expected = 2 * terms["latent"] + terms["data_reconstruction"] + 0.5 * terms["prediction"]
@@ -108,8 +108,10 @@ def test_the_objective_keeps_g_while_the_latent_term_alone_shrinks_it():
     probe = data[:512]
     scales = {}
     for name, weights in {
-        "full": LossWeights(),
-        "latent_only": LossWeights(noise_reconstruction=0, data_reconstruction=0, prediction=0),
+        "full": LossWeights.paper(),
+        "latent_only": LossWeights.paper(
+            noise_reconstruction=0, data_reconstruction=0, prediction=0
+        ),
     }.items():
         torch.manual_seed(0)
         g = CouplingFlow(2, 4, 32, conditional=True)

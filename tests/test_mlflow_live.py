@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_faults import FakeSession, loop_config
+from test_faults import FakeSession, moons_config
 from test_pipeline_e2e import BIN, clean_env, copy_project
 
-from pipelines import tracking, train_loop
-from pipelines.config import parse
-from pipelines.errors import ConfigError
+from pipelines.common import tracking
+from pipelines.common.config import parse
+from pipelines.common.errors import ConfigError
+from pipelines.training.loop import fit_epochs
 
 TINY = """\
 data: {name: moons, n_samples: 600}
@@ -66,10 +67,10 @@ class WatchingSession(FakeSession):
 def test_each_epoch_reaches_mlflow_as_it_ends_with_pictures_every_n_epochs(moons, store):
     client, uri, exp = store
     run_id = client.create_run(exp).info.run_id
-    config = loop_config(moons, 4, image_every=2)
+    config = moons_config(moons, 4, image_every=2)
     config["mlflow"] = {"tracking_uri": uri, "run_id": run_id, "grid": 16}
     session = WatchingSession(client, run_id)
-    train_loop.fit_epochs(config, session)
+    fit_epochs(config, session)
     assert session.seen == [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]]  # logged before each report
     assert set(client.get_run(run_id).data.metrics) >= {
         "train_loss", "val_loss", "val_mmd", "val_inversion_energy", "roundtrip_error",
@@ -83,13 +84,15 @@ def test_each_epoch_reaches_mlflow_as_it_ends_with_pictures_every_n_epochs(moons
 def test_image_data_get_a_grid_and_an_interpolation_strip_at_their_epochs(store):
     import torch
 
-    from pipelines.checkpoint import build_model
-    from pipelines.config import ModelConfig
-    from pipelines.sampler import OneStepSampler
+    from lincore.generators import OneStepFlowMatching
+    from pipelines.common.config import ModelConfig
+    from pipelines.common.one_step_sampler import OneStepSampler
 
     client, uri, exp = store
     run_id = client.create_run(exp).info.run_id
-    model = build_model(ModelConfig(rank=2, depth=1, hidden=8, operator_hidden=8), (1, 4, 4))
+    model = OneStepFlowMatching.build(
+        (1, 4, 4), ModelConfig(rank=2, depth=1, hidden=8, operator_hidden=8)
+    )
     sampler = OneStepSampler(model, steps=5)
     reference = torch.rand(8, 1, 4, 4)
     live = tracking.LiveRun({"tracking_uri": uri, "run_id": run_id, "grid": 9}, image_every=3)
@@ -102,7 +105,7 @@ def test_image_data_get_a_grid_and_an_interpolation_strip_at_their_epochs(store)
 
 
 def test_a_sweep_trial_loop_without_a_run_logs_nothing(moons):
-    assert tracking.LiveRun.from_config(loop_config(moons, 1), image_every=1) is None
+    assert tracking.LiveRun.from_config(moons_config(moons, 1), image_every=1) is None
 
 
 def test_a_resumed_loop_logs_no_step_twice(moons, store):
@@ -110,15 +113,15 @@ def test_a_resumed_loop_logs_no_step_twice(moons, store):
     (from the epoch-1 checkpoint) and logs only what the run lacks."""
     client, uri, exp = store
     run_id = client.create_run(exp).info.run_id
-    config = loop_config(moons, 4, image_every=0)
+    config = moons_config(moons, 4, image_every=0)
     config["mlflow"] = {"tracking_uri": uri, "run_id": run_id}
     first = WatchingSession(client, run_id, die_at=1)
     with pytest.raises(RuntimeError, match="driver killed"):
-        train_loop.fit_epochs(config, first)
+        fit_epochs(config, first)
     assert first.state["epoch"] == 0 and steps(client, run_id) == [1, 2]
     before = {m.step: m.value for m in client.get_metric_history(run_id, "val_loss")}
     resumed = WatchingSession(client, run_id, state=first.state)
-    train_loop.fit_epochs(config, resumed)
+    fit_epochs(config, resumed)
     assert [r["epoch"] for r in resumed.reports] == [1, 2, 3]  # epoch 2 (index 1) retrained
     for key in ("train_loss", "val_loss", "val_mmd", "roundtrip_error"):
         assert steps(client, run_id, key) == [1, 2, 3, 4], key
@@ -203,13 +206,13 @@ def train_runs(proj: Path) -> tuple[Any, list[Any]]:
 
 @pytest.mark.slow
 def test_the_run_shows_metrics_and_pictures_while_training_goes_on(tmp_path, moons):
-    """Polls MLflow from outside while `python -m pipelines.train` trains, then SIGKILLs the
+    """Polls MLflow from outside while `python -m pipelines.stages.train` trains, then SIGKILLs the
     driver: its run stays RUNNING until the check every start of the stage makes (below, and
     end to end in the next test) marks it KILLED."""
     proj = make_project(tmp_path, moons, "epochs: 200, batch_size: 64, image_every: 2")
     log = tmp_path / "train.log"
     proc = subprocess.Popen(
-        [str(BIN / "python"), "-u", "-m", "pipelines.train"], cwd=proj, env=clean_env(),
+        [str(BIN / "python"), "-u", "-m", "pipelines.stages.train"], cwd=proj, env=clean_env(),
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     deadline, seen = time.time() + 150, None
@@ -255,7 +258,7 @@ def test_a_run_with_nan_ends_failed_and_says_why(tmp_path, moons):
     sleeper.kill()
     sleeper.wait()
     r = subprocess.run(
-        [str(BIN / "python"), "-m", "pipelines.train"], cwd=proj, env=clean_env(),
+        [str(BIN / "python"), "-m", "pipelines.stages.train"], cwd=proj, env=clean_env(),
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]

@@ -15,10 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines import checkpoint, data, tracking
-from pipelines.config import DataConfig, ModelConfig, load, parse
-from pipelines.errors import ConfigError, DataError, ServiceError
-from pipelines.train import check_rank
+from lincore.generators import OneStepFlowMatching
+from pipelines.common import checkpoints as checkpoint
+from pipelines.common import data, tracking
+from pipelines.common.config import DataConfig, ModelConfig, load, parse
+from pipelines.common.errors import ConfigError, DataError, ServiceError
+from pipelines.stages.train import check_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,7 +145,7 @@ def test_local_files_npz_idx_and_image_folders(tmp_path):
 
 def test_checkpoints_round_trip_and_refuse_pickles(tmp_path):
     cfg = ModelConfig(rank=2, depth=2, hidden=8, operator_hidden=8)
-    model = checkpoint.build_model(cfg, (4,))
+    model = OneStepFlowMatching.build((4,), cfg)
     checkpoint.save(tmp_path / "m.pt", model, cfg, (4,))
     loaded, state = checkpoint.load(tmp_path / "m.pt")
     assert state["shape"] == [4]
@@ -166,11 +168,11 @@ def test_checkpoints_round_trip_and_refuse_pickles(tmp_path):
 
 def test_checkpoints_from_before_the_operator_key_load_and_sample(tmp_path):
     """A checkpoint written before ``model.operator`` existed holds the rank-only ``A_t``."""
-    from pipelines.sampler import OneStepSampler
+    from pipelines.common.one_step_sampler import OneStepSampler
 
     cfg = ModelConfig(rank=2, depth=2, hidden=8, operator_hidden=8, operator="low_rank",
                       w_one_step_likelihood=0.0)  # fmt: skip
-    old = checkpoint.build_model(cfg, (1, 2, 2), seed=3)
+    old = OneStepFlowMatching.build((1, 2, 2), cfg, seed=3)
     new_keys = ("operator", "w_one_step_likelihood")
     old_config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in new_keys}
     torch.save({"state_dict": old.state_dict(), "model_config": old_config, "shape": [1, 2, 2]},
@@ -203,24 +205,24 @@ def run_stage(*args, env=None, cwd=ROOT):
 def test_stage_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("model:\n  rnak: 3\n")
-    r = run_stage("pipelines.prepare", "--params", str(params), "--out", str(tmp_path / "o"))
+    r = run_stage("pipelines.stages.prepare", "--params", str(params), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "unknown key 'model.rnak'" in r.stderr
     params.write_text("train:\n  epochs: 1\n")
     r = run_stage(
-        "pipelines.train", "--params", str(params), "--data", str(tmp_path),
+        "pipelines.stages.train", "--params", str(params), "--data", str(tmp_path),
         env={"RAY_ADDRESS": "127.0.0.1:9"},
     )  # fmt: skip
     assert r.returncode == 2 and "prepared data" in r.stderr and "Traceback" not in r.stderr
     db = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
-    r = run_stage("pipelines.cli", "sample", "--model", "models:/does-not-exist", "--out",
+    r = run_stage("pipelines.commands.cli", "sample", "--model", "models:/does-not-exist", "--out",
                   str(tmp_path / "g.png"), env=db)  # fmt: skip
     assert r.returncode == 2 and "cannot load MLflow model" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "g.png").exists()
 
 
 def test_an_unreachable_ray_address_is_refused(monkeypatch):
-    from pipelines import ray_runtime
+    from pipelines.common import ray_runtime
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     with pytest.raises(ServiceError, match="cannot reach the Ray cluster at RAY_ADDRESS"):
@@ -233,7 +235,7 @@ def test_every_loss_weight_is_a_params_key():
     from lincore.generators import LossWeights
 
     cfg = ModelConfig(rank=2, depth=2, hidden=8, w_latent=2.0, w_data_likelihood=0.0)
-    model = checkpoint.build_model(cfg, (4,))
+    model = OneStepFlowMatching.build((4,), cfg)
     assert model.weights.latent == 2.0 and model.weights.data_likelihood == 0.0
     assert {f"w_{f.name}" for f in fields(LossWeights)} <= {f.name for f in fields(ModelConfig)}
 

@@ -101,7 +101,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert "evaluate/samples.png" in names
     mlflow.set_tracking_uri(summary["tracking_uri"])
     loaded = mlflow.pyfunc.load_model(summary["mlflow_model_uri"])
-    from pipelines.sampler import OneStepSampler
+    from pipelines.common.one_step_sampler import OneStepSampler
 
     sampler = loaded.unwrap_python_model().sampler
     assert type(sampler).__name__ == OneStepSampler.__name__
@@ -111,7 +111,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     grid = tmp_path / "grid.png"
     env_uri = {"MLFLOW_TRACKING_URI": summary["tracking_uri"]}
     r = subprocess.run(
-        [str(BIN / "python"), "-m", "pipelines.cli", "sample", "--model",
+        [str(BIN / "python"), "-m", "pipelines.commands.cli", "sample", "--model",
          summary["mlflow_model_uri"], "--n", "16", "--out", str(grid)],
         cwd=proj, env={**os.environ, **env_uri}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

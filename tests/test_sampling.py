@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lincore.iplr import IdentityPlusLowRank
+from lincore.identity_plus import IdentityPlusLowRank
 from lincore.operators.time_low_rank import TimeLowRank
 from lincore.sampling import collapse, sample_latent, step_matrix
 

@@ -19,11 +19,11 @@ import pytest
 import yaml
 from test_pipeline_e2e import BIN, clean_env, copy_project, sh
 
-from pipelines.cluster_check import listeners, non_loopback
-from pipelines.config import SweepConfig
-from pipelines.errors import ConfigError, ServiceError
+from pipelines.commands.cluster_check import listeners, non_loopback
+from pipelines.common.config import SweepConfig
+from pipelines.common.errors import ConfigError, ServiceError
 from sweeps import registry, results, space
-from sweeps.tune import check_trial_resources
+from sweeps.search import check_trial_resources
 
 TINY = """\
 data: {name: moons, n_samples: 600}
@@ -136,7 +136,7 @@ def test_every_orphaned_attempt_of_a_trial_is_marked_killed(tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
-    from sweeps.tune import child_runs, close_orphans
+    from sweeps.mlflow_runs import child_runs, close_orphans
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
     try:
@@ -159,7 +159,7 @@ def test_every_orphaned_attempt_of_a_trial_is_marked_killed(tmp_path):
 def run_sweep(proj: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = clean_env()
     return subprocess.run(
-        [sys.executable, "-m", "sweeps.tune", *args], cwd=proj, env=env,
+        [sys.executable, "-m", "sweeps", *args], cwd=proj, env=env,
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -171,7 +171,7 @@ def project(tmp_path_factory):
     proj.mkdir()
     copy_project(proj)
     (proj / "params.yaml").write_text(tiny())
-    sh([str(BIN / "python"), "-m", "pipelines.prepare"], proj, timeout=120)
+    sh([str(BIN / "python"), "-m", "pipelines.stages.prepare"], proj, timeout=120)
     return proj
 
 
@@ -219,7 +219,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(project):
     env = clean_env()
     log = (project / "first.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sweeps.tune", "--name", name], cwd=project, env=env,
+        [sys.executable, "-m", "sweeps", "--name", name], cwd=project, env=env,
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     deadline = time.time() + 240
@@ -274,7 +274,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
     """A head node on 127.0.0.1 with token auth on: a request without the token is refused;
-    the documented `ray job submit --working-dir . -- python -m sweeps.tune --root ...` runs
+    the documented `ray job submit --working-dir . -- python -m sweeps --root ...` runs
     the sweep (Ray Train inside each trial) and writes into the project, not the job's copy."""
     (project / "params.yaml").write_text(tiny(n=2, epochs=2, concurrent=2, workers=1))
     gcs, dash = _free_port(), _free_port()
@@ -318,7 +318,7 @@ def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
 
         submit = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".",
-             "--", sys.executable, "-m", "sweeps.tune", "--root", str(project),
+             "--", sys.executable, "-m", "sweeps", "--root", str(project),
              "--name", "from-a-job"],
             cwd=project, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
             timeout=400,

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from lincore import CouplingFlow
+from lincore.fit import fit
 from lincore.generators import LossWeights, OneStepFlowMatching
-from lincore.iplr import IdentityPlusBasis
+from lincore.identity_plus import IdentityPlusBasis
 from lincore.metrics import typicality
 from lincore.operators import TimeIsotropicLowRank, TimeLowRank, time_operator
 from lincore.sampling import collapse, sample_latent
 from lincore.testing import far_from_zero
-from lincore.training import fit
 
 F64 = torch.float64
 ISOTROPIC = ("isotropic_psd", "isotropic_low_rank")
@@ -107,7 +107,7 @@ def test_a_trained_model_inverts_held_out_gaussian_data_to_typical_noise():
     data = torch.randn(6000, dim) @ mix.T * 0.7 + 0.5
     g = CouplingFlow(dim, 2, 32, conditional=True)
     m = OneStepFlowMatching(g, TimeIsotropicLowRank(dim, 2, hidden=32),
-                            weights=LossWeights(data_likelihood=1.0))  # fmt: skip
+                            weights=LossWeights.paper(data_likelihood=1.0))  # fmt: skip
     fit(m, data[:5000], steps=400, batch_size=256, lr=3e-3)
     m.eval().double()
     b = m.collapse(100)

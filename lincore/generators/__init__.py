@@ -2,7 +2,13 @@
 
 from lincore.generators.baseline import FlowMatchingBaseline, MaximumLikelihoodFlow, VelocityMLP
 from lincore.generators.meanflow import MeanFlow, MeanVelocityMLP
-from lincore.generators.one_step import LossWeights, OneStepFlowMatching, bits_per_dim, slerp
+from lincore.generators.one_step import (
+    LossWeights,
+    OneStepConfig,
+    OneStepFlowMatching,
+    bits_per_dim,
+    slerp,
+)
 from lincore.generators.projective import ProjectiveGenerator
 from lincore.generators.style import StyleTransfer
 
@@ -12,6 +18,7 @@ __all__ = [
     "MaximumLikelihoodFlow",
     "MeanFlow",
     "MeanVelocityMLP",
+    "OneStepConfig",
     "OneStepFlowMatching",
     "ProjectiveGenerator",
     "StyleTransfer",

@@ -10,9 +10,11 @@ in ``z``, so ``T`` steps are one matrix ``B`` (``lincore.sampling.collapse``) an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,19 +36,74 @@ collapse goes dense, ``D x D`` per step in the autograd graph)."""
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the terms of the objective: the paper's four (1 for all) and two likelihoods."""
+    """Weights of the terms of the objective: the paper's four and two likelihoods.
 
-    latent: float = 1.0
-    noise_reconstruction: float = 1.0
-    data_reconstruction: float = 1.0
-    prediction: float = 1.0
-    data_likelihood: float = 0.0
+    No defaults here: the project's defaults live in ``OneStepConfig`` (one source), and the
+    paper's objective is ``LossWeights.paper()``.
+    """
+
+    latent: float
+    noise_reconstruction: float
+    data_reconstruction: float
+    prediction: float
+    data_likelihood: float
     """Beyond the paper: ``-log N(g(x1; 1); 0, I) - log|det J|`` per dimension, which pushes
     ``g(.; 1)`` to Gaussianise the data so that a linear latent sampler can reach it. 0 = off."""
-    one_step_likelihood: float = 0.0
+    one_step_likelihood: float
     """Beyond the paper: the exact NLL of the one-step generator itself (``log_prob`` through the
     collapsed sampler, differentiated), per dimension. Costs one more pass of ``g`` each way per
     step; needs an operator with shared bases (``isotropic_*``). 0 = off."""
+
+    @classmethod
+    def paper(cls, **changes: float) -> LossWeights:
+        """The paper's objective (its four terms, weight 1; no likelihoods), with ``changes``."""
+        base = {
+            "latent": 1.0,
+            "noise_reconstruction": 1.0,
+            "data_reconstruction": 1.0,
+            "prediction": 1.0,
+            "data_likelihood": 0.0,
+            "one_step_likelihood": 0.0,
+        }
+        return cls(**{**base, **changes})
+
+
+@dataclass(frozen=True)
+class OneStepConfig:
+    """The knobs of the standard one-step model: ``params.yaml``'s ``model`` section.
+
+    The one source of their defaults: the pipeline's schema is this class.
+    """
+
+    rank: int = 16
+    """rank r of the time-conditioned operator A_t (1..D)"""
+    depth: int = 6
+    """coupling blocks in the invertible network g"""
+    hidden: int = 128
+    operator_hidden: int = 128
+    """width of the time network that makes a(t) and the r x r core of A_t"""
+    operator: str = "isotropic_psd"
+    """kind of A_t: isotropic_psd (a(t) I + U S_t U^T, S_t >= 0: no direction lost, bounded
+    below) | isotropic_low_rank (a(t) I + U C_t V^T) | low_rank (U_t V_t^T, the original; its
+    one-step sampler keeps 1/T of the noise outside rank r)"""
+    flow: str = "coupling"
+    """coupling (MLP couplings on flattened samples) | image (Glow-style, needs C, H, W)"""
+    two_networks: bool = False
+    sigma: float = 0.3
+    w_latent: float = 1.0
+    w_noise_reconstruction: float = 1.0
+    w_data_reconstruction: float = 1.0
+    w_prediction: float = 1.0
+    w_data_likelihood: float = 1.0
+    w_one_step_likelihood: float = 1.0
+    """exact NLL of the one-step generator as a training term (about 2x the cost of a step; the
+    rank-only operator allows it up to D = 1024, where its collapse goes dense)"""
+
+    def loss_weights(self) -> LossWeights:
+        """The ``w_<term>`` keys as ``LossWeights`` (one key per field)."""
+        return LossWeights(
+            **{f.name: getattr(self, f"w_{f.name}") for f in dataclasses.fields(LossWeights)}
+        )
 
 
 class OneStepFlowMatching(nn.Module):
@@ -98,7 +155,7 @@ class OneStepFlowMatching(nn.Module):
         if not sigma >= 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
         if (
-            (weights or LossWeights()).one_step_likelihood
+            (weights or OneStepConfig().loss_weights()).one_step_likelihood
             and operator.kind == "low_rank"
             and operator.dim > MAX_DENSE_LIKELIHOOD_DIM
         ):
@@ -112,7 +169,7 @@ class OneStepFlowMatching(nn.Module):
         self.g_data = g_data
         self.operator = operator
         self.sigma = float(sigma)
-        self.weights = weights or LossWeights()
+        self.weights = weights or OneStepConfig().loss_weights()
         self.perceptual = perceptual
         self.steps = check_int("steps", steps, low=2)
 
@@ -120,27 +177,28 @@ class OneStepFlowMatching(nn.Module):
     def build(
         cls,
         event_shape: tuple[int, ...],
+        cfg: OneStepConfig | None = None,
         *,
-        rank: int,
-        depth: int = 8,
-        hidden: int = 128,
-        operator_hidden: int = 128,
-        operator: str = "isotropic_psd",
-        flow: str = "coupling",
-        two_networks: bool = False,
-        sigma: float = 0.3,
         weights: LossWeights | None = None,
         seed: int = 0,
         steps: int = 100,
+        **changes: Any,
     ) -> OneStepFlowMatching:
-        """The standard model for data of ``event_shape``, from the knobs ``params.yaml`` sweeps.
+        """The standard model for data of ``event_shape`` from ``cfg`` (``params.yaml``'s
+        ``model``; its fields can be changed by keyword, e.g. ``rank=4``).
 
         ``flow="coupling"`` flattens samples into a ``CouplingFlow`` (vectors, small images);
         ``flow="image"`` keeps ``(C, H, W)`` for an ``ImageFlow`` (call the model's
         ``initialize_from(data_batch)`` before training). ``operator`` is the kind of ``A_t``
         (``lincore.operators.OPERATOR_KINDS``); ``steps`` the ``T`` of the sampler whose
-        likelihood the ``one_step_likelihood`` term trains (the one that will be shipped).
+        likelihood the ``one_step_likelihood`` term trains (the one that will be shipped);
+        ``weights`` replaces the ``w_*`` fields of ``cfg``.
         """
+        cfg = dataclasses.replace(cfg or OneStepConfig(), **changes)
+        weights = weights or cfg.loss_weights()
+        rank, depth, hidden, flow = cfg.rank, cfg.depth, cfg.hidden, cfg.flow
+        operator, operator_hidden = cfg.operator, cfg.operator_hidden
+        two_networks, sigma = cfg.two_networks, cfg.sigma
         dim = math.prod(event_shape)
         check_int("rank", rank, low=1, high=dim)
 

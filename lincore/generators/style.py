@@ -25,7 +25,7 @@ class StyleTransfer(nn.Module):
 
     ``forward(batch)`` takes ``(B, 1 + K, C, H, W)``: the content in column 0 and the targets of
     the styles ``fit_styles`` (all by default) after it, and returns the per-style pixel MSE and
-    their sum as ``loss``, so ``lincore.training.fit`` trains it.
+    their sum as ``loss``, so ``lincore.fit.fit`` trains it.
 
     >>> import torch
     >>> m = StyleTransfer.build((3, 8, 8), styles=2, depth=1, hidden=8)

@@ -18,7 +18,7 @@ being divided by ``1 - t`` there.
 The bases ``U, V (D, r)`` are shared by all times and only the small ``r x r`` core ``C_t`` comes
 from the time network, so the operator has ``O(D r + hidden r^2)`` parameters (not
 ``O(D r hidden)``), one step costs ``O(B D r)`` memory, and the whole ``T``-step sampler collapses
-to ``beta I + U K V^T`` of rank ``r`` (``lincore.iplr.IdentityPlusBasis``).
+to ``beta I + U K V^T`` of rank ``r`` (``lincore.identity_plus.IdentityPlusBasis``).
 
 The promise of ``isotropic_psd``: every Euler step ``M_i = I + dt (A_{t_i} - I) / (1 - t_i)`` is
 symmetric with eigenvalues at least ``alpha_i = 1 - dt (1 - a(t_i)) / (1 - t_i)``, positive
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from lincore._checks import check_int
-from lincore.iplr import IdentityPlusBasis
+from lincore.identity_plus import IdentityPlusBasis
 from lincore.operators.time_low_rank import TimeLowRank, sinusoidal_embedding
 
 OPERATOR_KINDS = ("isotropic_psd", "isotropic_low_rank", "low_rank")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lincore._checks import check_int
-from lincore.iplr import IdentityPlusLowRank
+from lincore.identity_plus import IdentityPlusLowRank
 
 
 def sinusoidal_embedding(t: Tensor, dim: int) -> Tensor:

@@ -1,6 +1,6 @@
 """The globally projective generator on a data set, for a list of ranks: train, score, picture.
 
-    python -m pipelines.projective [--data moons] [--ranks 1] [--seconds 60] [--depth 6]
+    python -m pipelines.commands.projective [--data moons] [--ranks 1] [--seconds 60] [--depth 6]
                                    [--hidden 64] [--out results/projective]
 
 For each rank ``r``: ``f = g^-1 P g`` (``P`` an exact rank-``r`` projector) is trained for
@@ -29,12 +29,12 @@ from lincore.metrics import (
     roundtrip_error,
     sliced_wasserstein,
 )
-from pipelines import config as config_mod
-from pipelines import data as data_mod
-from pipelines import figures
-from pipelines.errors import ConfigError, cli
-from pipelines.fitting import fit_for
-from pipelines.io import write_csv, write_json
+from pipelines.common import config as config_mod
+from pipelines.common import data as data_mod
+from pipelines.common import figures
+from pipelines.common.atomic import write_csv, write_json
+from pipelines.common.errors import ConfigError, cli
+from pipelines.training.timed_fit import fit_for
 
 COLUMNS = ("data", "rank", "steps", "idempotency_error", "idempotency_abs_error",
            "max_abs_output", "g_roundtrip_error_f32", "reconstruction_mse",

@@ -1,4 +1,4 @@
-"""``params.yaml`` into frozen dataclasses, validated once at the edge.
+"""Reading ``params.yaml`` into the schema, validated once at the edge.
 
 Every key is known: an unknown key, a wrong type or an out-of-range value is a ``ConfigError``
 naming the key and what is allowed, before any heavy work starts.
@@ -10,161 +10,23 @@ import dataclasses
 import math
 import os
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lincore.operators import OPERATOR_KINDS
-from pipelines.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ("digits", "moons", "checkerboard", "eight_gaussians", "spirals", "path")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    name: str = "digits"
-    """digits | moons | checkerboard | eight_gaussians | spirals | path"""
-    path: str = ""
-    """for name=path: a local .npz, .parquet, MNIST IDX file, or a folder of images"""
-    n_samples: int = 20000
-    """number of points generated for the 2-D toys"""
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    image_size: int = 0
-    """for an image folder: resize to this square size (0 keeps the size of the first image)"""
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    rank: int = 16
-    """rank r of the time-conditioned operator A_t (1..D)"""
-    depth: int = 6
-    """coupling blocks in the invertible network g"""
-    hidden: int = 128
-    operator_hidden: int = 128
-    """width of the time network that makes a(t) and the r x r core of A_t"""
-    operator: str = "isotropic_psd"
-    """kind of A_t: isotropic_psd (a(t) I + U S_t U^T, S_t >= 0: no direction lost, bounded
-    below) | isotropic_low_rank (a(t) I + U C_t V^T) | low_rank (U_t V_t^T, the original; its
-    one-step sampler keeps 1/T of the noise outside rank r)"""
-    flow: str = "coupling"
-    """coupling (MLP couplings on flattened samples) | image (Glow-style, needs C, H, W)"""
-    two_networks: bool = False
-    sigma: float = 0.3
-    w_latent: float = 1.0
-    w_noise_reconstruction: float = 1.0
-    w_data_reconstruction: float = 1.0
-    w_prediction: float = 1.0
-    w_data_likelihood: float = 1.0
-    w_one_step_likelihood: float = 1.0
-    """exact NLL of the one-step generator as a training term (about 2x the cost of a step; the
-    rank-only operator allows it up to D = 1024, where its collapse goes dense)"""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.002
-    lr_schedule: str = "cosine"
-    """cosine (to 0 over the run; a pure function of the step, so resumes match) | constant"""
-    seed: int = 0
-    num_workers: int = 1
-    """Ray Train workers (DDP). 0 runs the loop in the driver process (no worker actors)"""
-    use_gpu: bool = False
-    storage_path: str = "ray_results"
-    """Ray checkpoints and run state; shared storage on a cluster"""
-    checkpoints_to_keep: int = 2
-    max_failures: int = 2
-    """worker-group restarts from the latest checkpoint before the run fails"""
-    max_roundtrip_error: float = 0.001
-    """fail the run when max|g^-1(g(x)) - x| on a validation batch exceeds this (float32)"""
-    ema_decay: float = 0.99
-    """exponential moving average of the weights, per step (0 = off): what val_mmd, evaluation
-    and the saved model use"""
-    image_every: int = 5
-    """log a sample grid (and, for images, an interpolation strip) to the train stage's MLflow
-    run every this many epochs while it trains (0 = off)"""
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    steps: int = 100
-    """sampler steps T collapsed into one matrix"""
-    n_samples: int = 0
-    """samples drawn for the quality metrics (0: as many as the test split)"""
-    grid: int = 64
-
-
-@dataclass(frozen=True)
-class MlflowConfig:
-    tracking_uri: str = "sqlite:///mlflow.db"
-    """overridden by the MLFLOW_TRACKING_URI environment variable"""
-    experiment: str = "linearizer"
-    artifact_location: str = "mlartifacts"
-
-
-DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
-SWEEP_METRICS = ("val_mmd", "val_loss")  # both minimised
-TUNABLE_SECTIONS = ("model", "train")
-UNTUNABLE = frozenset(
-    f"train.{k}" for k in ("epochs", "num_workers", "use_gpu", "storage_path",
-                           "checkpoints_to_keep", "max_failures", "max_roundtrip_error",
-                           "image_every")
-)  # fmt: skip
-
-
-def _default_space() -> dict[str, dict[str, list]]:
-    return {
-        "model.rank": {"choice": [2, 4, 8, 16, 32]},
-        "model.depth": {"choice": [2, 4, 6]},
-        "model.hidden": {"choice": [64, 128]},
-        "train.lr": {"loguniform": [0.0005, 0.005]},
-        "model.w_data_likelihood": {"uniform": [0.0, 1.0]},
-    }
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    num_samples: int = 4
-    max_epochs: int = 6
-    max_concurrent_trials: int = 2
-    workers_per_trial: int = 1
-    """Ray Train workers per trial; 0 trains inside the trial process (fastest on a laptop)"""
-    metric: str = "val_mmd"
-    objectives: str = "single"
-    """single | pareto (one-step MMD vs parameter count)"""
-    search: str = "optuna"
-    """optuna (TPE, or NSGA-II for pareto) | random"""
-    scheduler: str = "asha"
-    """asha | none"""
-    grace_period: int = 1
-    space: dict[str, Any] = field(default_factory=_default_space)
-    """``section.key: {distribution: [values or bounds]}``"""
-    registry_name: str = "linearizer-one-step"
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-
-    def to_flat_dict(self) -> dict[str, Any]:
-        """``{"model.rank": 16, ...}``: the form MLflow params take."""
-        return {
-            f"{section.name}.{f.name}": getattr(getattr(self, section.name), f.name)
-            for section in dataclasses.fields(self)
-            for f in dataclasses.fields(getattr(self, section.name))
-        }
+from pipelines.common.config.paths import ROOT
+from pipelines.common.config.schema import (
+    DATASETS,
+    DISTRIBUTIONS,
+    SWEEP_METRICS,
+    TUNABLE_SECTIONS,
+    UNTUNABLE,
+    Config,
+    SweepConfig,
+)
+from pipelines.common.errors import ConfigError
 
 
 def _check_value(key: str, value: Any, kind: Any) -> Any:
@@ -353,42 +215,3 @@ def load(path: str | os.PathLike[str] = ROOT / "params.yaml") -> Config:
         where = " ".join(str(err).split())  # one line: YAML's message spans several
         raise ConfigError(f"{p} is not valid YAML: {where}") from None
     return parse(raw)
-
-
-def project_root() -> Path:
-    """Where relative paths in params point: ``LINEARIZER_ROOT`` if set, else this checkout.
-
-    ``ray job submit`` runs the code in a temporary copy; setting the root (``--root``) keeps
-    data, checkpoints and MLflow in the user's project instead of that copy.
-    """
-    return Path(os.path.expanduser(os.environ.get("LINEARIZER_ROOT") or ROOT)).resolve()
-
-
-def resolve(path: str | os.PathLike[str], *, base: Path | None = None) -> Path:
-    """An output/input path from params, absolute (``ray job submit`` runs in a copy)."""
-    p = Path(os.path.expanduser(path))
-    return p if p.is_absolute() else ((base or project_root()) / p).resolve()
-
-
-SOURCE_FOLDERS = ("lincore", "pipelines", "sweeps", "tests", "benchmarks", ".git", ".dvc")
-
-
-def output_path(path: str | os.PathLike[str], key: str) -> Path:
-    """Where an output goes, checked: a relative path must stay inside the project (no ``..``
-    escape) and no output may land in a source folder. An absolute path is the user's explicit
-    choice (shared storage on a cluster) and is kept."""
-    root = project_root()
-    raw = Path(os.path.expanduser(path))
-    p = resolve(raw)
-    if not raw.is_absolute() and not p.is_relative_to(root):
-        raise ConfigError(
-            f"{key}={str(path)!r} resolves to {p}, outside the project folder {root}; give a "
-            "path inside it (or an absolute path, on purpose)"
-        )
-    for folder in SOURCE_FOLDERS:
-        if p == root or p.is_relative_to(root / folder) or p.is_relative_to(ROOT / folder):
-            raise ConfigError(
-                f"{key}={str(path)!r} points into the project's source ({p}); outputs go in "
-                "their own folders (data/, models/, results/, ray_results/ ...)"
-            )
-    return p

@@ -1,6 +1,6 @@
 """Modular style transfer on content that ships with scikit-learn: train, score, add a style.
 
-    python -m pipelines.style [--content photos|digits] [--size 16]
+    python -m pipelines.commands.style [--content photos|digits] [--size 16]
                               [--styles sepia posterise sketch emboss] [--new-style blur]
                               [--seconds 120] [--out results/style]
 
@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from lincore import filters
 from lincore.generators import StyleTransfer
 from lincore.metrics import psnr
-from pipelines import config as config_mod
-from pipelines import figures
-from pipelines.errors import ConfigError, cli
-from pipelines.fitting import fit_for
-from pipelines.io import write_json
+from pipelines.common import config as config_mod
+from pipelines.common import figures
+from pipelines.common.atomic import write_json
+from pipelines.common.errors import ConfigError, cli
+from pipelines.training.timed_fit import fit_for
 
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]
 

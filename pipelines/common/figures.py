@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipelines.io import atomic_path
+from pipelines.common.atomic import atomic_path
 
 
 def _tile(images: np.ndarray, cols: int) -> np.ndarray:

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from lincore.toys import TOYS, toy
-from pipelines.config import DataConfig, resolve
-from pipelines.errors import DataError
-from pipelines.io import atomic_path
+from pipelines.common.atomic import atomic_path
+from pipelines.common.config import DataConfig, resolve
+from pipelines.common.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -120,7 +120,7 @@ def _from_path(cfg: DataConfig) -> Dataset:
 
 
 def build(cfg: DataConfig) -> Dataset:
-    """The samples named by ``data.name`` (validated in ``pipelines.config``)."""
+    """The samples named by ``data.name`` (validated in ``pipelines.common.config``)."""
     if cfg.name in TOYS:
         x = toy(cfg.name, cfg.n_samples, seed=cfg.seed).numpy().astype(np.float32)
         return Dataset(x, np.full(len(x), -1, dtype=np.int64), f"lincore.toys.{cfg.name}")

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lincore.generators import OneStepFlowMatching
 from lincore.sampling import CollapsedSampler, Method
-from pipelines import checkpoint
+from pipelines.common import checkpoints as checkpoint
 
 
 class OneStepSampler:

@@ -16,7 +16,7 @@ import torch
 
 class OneStepSamplerModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
-        from pipelines.sampler import OneStepSampler
+        from pipelines.common.one_step_sampler import OneStepSampler
 
         self.sampler = OneStepSampler.from_checkpoint(context.artifacts["checkpoint"])
 

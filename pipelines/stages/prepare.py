@@ -1,6 +1,6 @@
 """Stage ``prepare``: build the data set named in params.yaml into train/val/test Parquet files.
 
-    python -m pipelines.prepare [--params params.yaml] [--out data/prepared]
+    python -m pipelines.stages.prepare [--params params.yaml] [--out data/prepared]
 
 Deterministic for ``data.seed``; every file is written atomically.
 """
@@ -11,10 +11,10 @@ import argparse
 
 from tqdm import tqdm
 
-from pipelines import config as config_mod
-from pipelines import data
-from pipelines.errors import cli
-from pipelines.io import write_json
+from pipelines.common import config as config_mod
+from pipelines.common import data
+from pipelines.common.atomic import write_json
+from pipelines.common.errors import cli
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines import cluster_check, figures
-from pipelines.errors import ConfigError, DataError, cli
+from pipelines.commands import cluster_check
+from pipelines.common import figures
+from pipelines.common.errors import ConfigError, DataError, cli
 
 
 def load_sampler(model: str, steps: int) -> object:
     """A ``OneStepSampler`` from a local checkpoint or an MLflow model URI."""
-    from pipelines.sampler import OneStepSampler
+    from pipelines.common.one_step_sampler import OneStepSampler
 
     if "://" not in model and not model.startswith(("models:", "runs:")):
         path = Path(model)

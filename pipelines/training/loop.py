@@ -1,4 +1,5 @@
-"""The Ray Train loop (one per worker) and the driver call that runs it.
+"""The epoch loop: the one training loop of the project (a Ray Train worker runs it for the train
+stage, a Tune trial for a sweep).
 
 Each worker reads the Parquet split, shards it with a ``DistributedSampler`` (through
 ``prepare_data_loader``), trains the generator under DDP (one ``forward`` computes the whole
@@ -9,32 +10,27 @@ rank 0. A restarted worker group resumes from the latest checkpoint (``FailureCo
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
-import math
 import os
-import tempfile
 import time
-import uuid
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, TensorDataset
 
+from lincore.generators import OneStepFlowMatching
 from lincore.metrics import mmd, typicality
-from pipelines import tracking
-from pipelines.checkpoint import build_model
-from pipelines.config import Config, ModelConfig, TrainConfig, output_path
-from pipelines.data import read_split
-from pipelines.errors import LinearizerError
-from pipelines.faults import maybe_fail
+from pipelines.common import tracking
+from pipelines.common.config import ModelConfig, TrainConfig
+from pipelines.common.data import read_split
+from pipelines.common.errors import LinearizerError
+from pipelines.common.fault_injection import maybe_fail
+from pipelines.training.schedule import EmaWithWarmup, learning_rate
+from pipelines.training.session import RayTrainSession, Session
 
 if TYPE_CHECKING:
-    from pipelines.sampler import OneStepSampler
-
-STATE_FILE = "state.pt"
+    from pipelines.common.one_step_sampler import OneStepSampler
 
 
 class NumericalFault(RuntimeError):
@@ -51,7 +47,7 @@ def _val_metrics(
 
     Also returns the sampler it collapsed (a CPU copy of ``model``), so that the epoch's
     pictures reuse the collapse instead of computing it twice."""
-    from pipelines.sampler import OneStepSampler
+    from pipelines.common.one_step_sampler import OneStepSampler
 
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -64,102 +60,6 @@ def _val_metrics(
         terms["val_inversion_energy"] = typicality(noise)["median_energy"]
     torch.random.set_rng_state(state)
     return terms, sampler
-
-
-class EmaWithWarmup:
-    """``multi_avg_fn`` for ``AveragedModel``: an EMA whose decay ramps up as
-    ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so that a short run's average is not
-    dominated by its first, untrained weights (torch's ``get_ema_multi_avg_fn`` has no warm-up).
-    ``n`` is counted here, on the host: reading ``AveragedModel.n_averaged`` would sync a GPU
-    every step."""
-
-    def __init__(self, decay: float, updates: int = 0) -> None:
-        self.decay, self.updates = decay, updates
-
-    @torch.no_grad()
-    def __call__(self, ema: list[torch.Tensor], current: list[torch.Tensor], _: Any) -> None:
-        n = self.updates
-        torch._foreach_lerp_(ema, current, 1 - min(self.decay, (1 + n) / (10 + n)))
-        self.updates += 1
-
-
-def final_weights(state: dict[str, Any]) -> dict[str, Any]:
-    """The weights a training state hands on (evaluation, the saved and registered model): the
-    EMA of the weights when the run kept one (``AveragedModel``'s state, ``module.`` prefixed),
-    else the raw weights."""
-    if "ema_state" not in state:
-        return state["model"]
-    prefix = "module."
-    return {k[len(prefix) :]: v for k, v in state["ema_state"].items() if k.startswith(prefix)}
-
-
-class Session(Protocol):
-    """Where the epoch loop runs: a Ray Train worker, or a Ray Tune trial process (sweeps)."""
-
-    world: int
-    rank: int
-    device: torch.device
-
-    def latest_state(self) -> dict[str, Any] | None: ...
-    def prepare(self, loader: DataLoader, model: torch.nn.Module) -> tuple[Any, Any]: ...
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
-
-
-def save_state(state: dict[str, Any], folder: str | Path) -> None:
-    torch.save(state, Path(folder) / STATE_FILE)
-
-
-def load_state_dir(folder: str | Path) -> dict[str, Any]:
-    return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-
-
-def checkpoint_state(ckpt: Any) -> dict[str, Any] | None:
-    """The training state inside a Ray Train or Tune ``Checkpoint`` (``None`` for none)."""
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as d:
-        return load_state_dir(d)
-
-
-class RayTrainSession:
-    """Ray Train worker: DDP through ``prepare_*``, checkpoints reported by rank 0."""
-
-    def __init__(self) -> None:
-        import ray.train
-        import ray.train.torch
-
-        ctx = ray.train.get_context()
-        self.world, self.rank = ctx.get_world_size(), ctx.get_world_rank()
-        self.device = ray.train.torch.get_device()
-
-    def latest_state(self) -> dict[str, Any] | None:
-        import ray.train
-
-        return checkpoint_state(ray.train.get_checkpoint())
-
-    def prepare(self, loader: DataLoader, model: torch.nn.Module) -> tuple[Any, Any]:
-        import ray.train.torch
-
-        return ray.train.torch.prepare_data_loader(loader), ray.train.torch.prepare_model(model)
-
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        import ray.train
-
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if state is not None:
-                save_state(state, tmp)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)  # every rank reports
-
-
-def learning_rate(cfg: TrainConfig, epoch: int, step: int, steps: int, epochs: int) -> float:
-    """The step's learning rate: cosine from ``lr`` to 0 over the run, or constant. A function
-    of the position alone (no scheduler state), so a resumed run continues the same curve."""
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    progress = (epoch * steps + step) / max(epochs * steps, 1)
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -189,7 +89,7 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     x, _, meta = read_split(config["train_path"])
     xv, _, _ = read_split(config["val_path"])
     shape = tuple(meta["shape"])
-    model = build_model(model_cfg, shape, seed=train_cfg.seed, steps=sampler_steps)
+    model = OneStepFlowMatching.build(shape, model_cfg, seed=train_cfg.seed, steps=sampler_steps)
     x_t, xv_t = torch.from_numpy(x), torch.from_numpy(xv[:512])
     model.initialize_from(x_t[:256])  # ActNorm (image flows); overwritten by a resumed state
     opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
@@ -293,87 +193,3 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
                 state["ema_state"] = ema.state_dict()
         session.report(metrics, state)
         maybe_fail("epoch", epoch)
-
-
-def unique_run_name(prefix: str = "train") -> str:
-    """A fresh Ray run name: a reused one would silently resume an old run (STACK.md §9.3)."""
-    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
-def loop_config(
-    cfg: Config,
-    train_path: Path,
-    val_path: Path,
-    *,
-    epochs: int | None = None,
-    mlflow_run: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """What ``fit_epochs`` needs, as plain data (it crosses process boundaries). ``mlflow_run``
-    (``{"tracking_uri", "run_id", "grid"}``) is the run rank 0 logs each epoch to."""
-    config = {
-        "model": dataclasses.asdict(cfg.model),
-        "train": dataclasses.asdict(cfg.train),
-        "epochs": epochs,
-        "steps": cfg.evaluate.steps,
-        "train_path": str(train_path),
-        "val_path": str(val_path),
-    }
-    if mlflow_run is not None:
-        config["mlflow"] = mlflow_run
-    return config
-
-
-def run(
-    cfg: Config,
-    train_path: Path,
-    val_path: Path,
-    *,
-    run_name: str,
-    epochs: int | None = None,
-    num_workers: int | None = None,
-    callbacks: list[Any] | None = None,
-    mlflow_run: dict[str, Any] | None = None,
-) -> Any:
-    """Fit with a ``TorchTrainer``; returns the ``ray.train.Result``. Ray must be initialised.
-
-    ``mlflow_run`` (see ``loop_config``): the MLflow run rank 0 logs every epoch to."""
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    t = cfg.train
-    workers = t.num_workers if num_workers is None else num_workers
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config(
-            cfg, train_path, val_path, epochs=epochs, mlflow_run=mlflow_run
-        ),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=t.use_gpu),
-        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=str(output_path(t.storage_path, "train.storage_path")),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
-            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            callbacks=callbacks,
-        ),
-    )
-    try:
-        return trainer.fit()
-    except Exception as err:  # Ray wraps worker errors; surface the root cause in one line
-        cause = err
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        text = str(cause).strip().splitlines()
-        message = next((ln for ln in reversed(text) if "NumericalFault" in ln), None)
-        raise LinearizerError(
-            f"training run {run_name} failed: {message or (text[-1] if text else repr(cause))}"
-        ) from None
-
-
-def load_result_state(result: Any) -> dict[str, Any]:
-    """The rank-0 state of the latest checkpoint: weights (``model``, and ``ema_state`` when an
-    EMA is kept; ``final_weights`` picks), optimizer, ``history`` per epoch."""
-    state = checkpoint_state(result.checkpoint)
-    if state is None:
-        raise LinearizerError("the training run finished without a checkpoint")
-    return state

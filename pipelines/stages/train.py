@@ -1,6 +1,6 @@
 """Stage ``train``: Ray Train (DDP) fits the one-step generator; MLflow records the run.
 
-    python -m pipelines.train [--params params.yaml] [--data data/prepared] [--out models]
+    python -m pipelines.stages.train [--params params.yaml] [--data data/prepared] [--out models]
                               [--resume RUN_NAME]
 
 Checks everything cheap first (params, data, rank vs latent dimension, MLflow, Ray resources),
@@ -16,11 +16,16 @@ import argparse
 import math
 import warnings
 
-from pipelines import checkpoint, figures, ray_runtime, tracking, train_loop
-from pipelines import config as config_mod
-from pipelines.data import read_split
-from pipelines.errors import ConfigError, cli
-from pipelines.io import write_csv, write_json
+from lincore.generators import OneStepFlowMatching
+from pipelines.common import checkpoints as checkpoint
+from pipelines.common import config as config_mod
+from pipelines.common import figures, ray_runtime, tracking
+from pipelines.common.atomic import write_csv, write_json
+from pipelines.common.data import read_split
+from pipelines.common.errors import ConfigError, cli
+from pipelines.training.driver import run as run_training
+from pipelines.training.driver import unique_run_name
+from pipelines.training.state import final_weights, load_result_state
 
 LOSS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_mmd", "val_inversion_energy",
                 "roundtrip_error")  # fmt: skip
@@ -59,15 +64,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     ray_runtime.init()
     ray_runtime.check_workers(cfg.train.num_workers, cfg.train.use_gpu)
-    run_name = args.resume or train_loop.unique_run_name()
+    run_name = args.resume or unique_run_name()
 
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.sampler import OneStepSampler
+    from pipelines.common.one_step_sampler import OneStepSampler
 
     # the MLflow run exists before the first epoch: RUNNING while Ray Train trains, rank 0
-    # logging each epoch into it (train_loop.fit_epochs), FAILED with the reason if it fails
+    # logging each epoch into it (fit_epochs), FAILED with the reason if it fails
     exp_id = tracking.setup(cfg.mlflow)
     client = MlflowClient(uri)
     resumed = tracking.find_train_run(client, exp_id, run_name) if args.resume else None
@@ -90,13 +95,13 @@ def main(argv: list[str] | None = None) -> dict:
           f"MLflow run {run_id}{again}")  # fmt: skip
     live = {"tracking_uri": uri, "run_id": run_id, "grid": cfg.evaluate.grid}
     with tracking.failed_on_error(client, run_id):
-        result = train_loop.run(cfg, train_path, val_path, run_name=run_name, mlflow_run=live)
-        state = train_loop.load_result_state(result)
+        result = run_training(cfg, train_path, val_path, run_name=run_name, mlflow_run=live)
+        state = load_result_state(result)
         history = state["history"]  # every epoch, resumed ones included
 
-        model = checkpoint.build_model(cfg.model, shape, seed=cfg.train.seed,
+        model = OneStepFlowMatching.build(shape, cfg.model, seed=cfg.train.seed,
                                        steps=cfg.evaluate.steps)  # fmt: skip
-        model.load_state_dict(train_loop.final_weights(state))
+        model.load_state_dict(final_weights(state))
         model_path = out / "model.pt"
         checkpoint.save(model_path, model, cfg.model, shape, run_name=run_name,
                         source=meta["source"])  # fmt: skip

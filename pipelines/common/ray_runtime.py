@@ -11,9 +11,9 @@ import socket
 import tempfile
 from urllib.parse import urlparse
 
-from pipelines import tracking
-from pipelines.config import ROOT
-from pipelines.errors import ConfigError, ServiceError
+from pipelines.common import tracking
+from pipelines.common.config import ROOT
+from pipelines.common.errors import ConfigError, ServiceError
 
 # What keeps a Ray head started on this machine (ray.init() here, or the README's `ray start
 # --head --node-ip-address=127.0.0.1`) on 127.0.0.1 only. With it, services.get_node_ip_address()

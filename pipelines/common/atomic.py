@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.faults import maybe_fail
+from pipelines.common.fault_injection import maybe_fail
 
 
 def _umask() -> int:

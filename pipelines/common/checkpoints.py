@@ -13,38 +13,13 @@ from typing import Any
 
 import torch
 
-from lincore.generators import LossWeights, OneStepFlowMatching
-from pipelines.config import ModelConfig
-from pipelines.errors import DataError
-from pipelines.io import atomic_path
+from lincore.generators import OneStepFlowMatching
+from pipelines.common.atomic import atomic_path
+from pipelines.common.config import ModelConfig
+from pipelines.common.errors import DataError
 
 LEGACY = {"operator": "low_rank", "w_one_step_likelihood": 0.0}
 """Values of the keys that checkpoints written before they existed were trained with."""
-
-
-def build_model(
-    cfg: ModelConfig, shape: tuple[int, ...], *, seed: int = 0, steps: int = 100
-) -> OneStepFlowMatching:
-    """The one-step generator for samples of ``shape``, from ``params.yaml``'s ``model``;
-    ``steps`` is ``evaluate.steps``, the sampler whose likelihood training optimises."""
-    # params.yaml spells each loss weight ``w_<term>``: one key per LossWeights field
-    weights = LossWeights(
-        **{f.name: getattr(cfg, f"w_{f.name}") for f in dataclasses.fields(LossWeights)}
-    )
-    return OneStepFlowMatching.build(
-        shape,
-        rank=cfg.rank,
-        depth=cfg.depth,
-        hidden=cfg.hidden,
-        operator_hidden=cfg.operator_hidden,
-        operator=cfg.operator,
-        flow=cfg.flow,
-        two_networks=cfg.two_networks,
-        sigma=cfg.sigma,
-        weights=weights,
-        seed=seed,
-        steps=steps,
-    )
 
 
 def save(path: str | Path, model: OneStepFlowMatching, cfg: ModelConfig, shape: tuple[int, ...],
@@ -84,6 +59,6 @@ def load(path: str | Path) -> tuple[OneStepFlowMatching, dict[str, Any]]:
     # checkpoints written before model.operator existed hold the original rank-only A_t, trained
     # without the one-step likelihood term (which that operator cannot have)
     cfg = ModelConfig(**{**LEGACY, **state["model_config"]})
-    model = build_model(cfg, tuple(state["shape"]))
+    model = OneStepFlowMatching.build(tuple(state["shape"]), cfg)
     model.load_state_dict(state["state_dict"])
     return model.eval(), state

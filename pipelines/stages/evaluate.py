@@ -1,6 +1,7 @@
 """Stage ``evaluate``: collapse the trained sampler and score one-step sampling on the test split.
 
-    python -m pipelines.evaluate [--params params.yaml] [--data data/prepared] [--model models]
+    python -m pipelines.stages.evaluate [--params params.yaml] [--data data/prepared]
+                                        [--model models]
 
 Writes ``metrics.json`` (DVC metrics), ``plots/steps.csv`` (one-step vs multi-step by T) and PNG
 images (samples, interpolation, quality by steps) for DVC, and logs all of it to the training
@@ -29,11 +30,12 @@ from lincore.metrics import (
     sliced_wasserstein,
     typicality,
 )
-from pipelines import checkpoint, figures, tracking
-from pipelines import config as config_mod
-from pipelines.data import read_split
-from pipelines.errors import DataError, cli
-from pipelines.io import write_csv, write_json
+from pipelines.common import checkpoints as checkpoint
+from pipelines.common import config as config_mod
+from pipelines.common import figures, tracking
+from pipelines.common.atomic import write_csv, write_json
+from pipelines.common.data import read_split
+from pipelines.common.errors import DataError, cli
 
 STEP_GRID = (2, 5, 10, 20, 50, 100)
 

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.config import MlflowConfig, output_path
-from pipelines.errors import ServiceError
+from pipelines.common.config import ROOT, MlflowConfig, output_path
+from pipelines.common.errors import ServiceError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Run
 
-    from pipelines.sampler import OneStepSampler
+    from pipelines.common.one_step_sampler import OneStepSampler
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "numpy", "pyarrow==25.0.1"]
 
@@ -108,10 +108,10 @@ def log_sampler_model(
     out = sampler.from_noise(noise)
     noise = noise.reshape(2, -1).numpy()
     signature = mlflow.models.infer_signature(noise, out.reshape(2, -1).numpy())
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(root / "pipelines" / "mlflow_model.py"),
+        python_model=str(Path(__file__).with_name("mlflow_model.py")),
         artifacts={"checkpoint": str(checkpoint_path)},
         code_paths=[str(root / "lincore"), str(root / "pipelines")],
         signature=signature,
@@ -235,7 +235,7 @@ def open_train_run(
     from mlflow.entities import DatasetInput, InputTag, Param, RunTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    from pipelines.errors import ConfigError
+    from pipelines.common.errors import ConfigError
 
     old = previous
     tags = {DRIVER_TAG: driver_id()}
@@ -272,7 +272,7 @@ def open_train_run(
 def end_failed(client: MlflowClient, run_id: str, err: BaseException) -> None:
     """End the run FAILED (KILLED for Ctrl-C) with the error's first line as ``ERROR_TAG``; never
     raises (the error being handled is the one to report)."""
-    from pipelines.errors import LinearizerError
+    from pipelines.common.errors import LinearizerError
 
     lines = str(err).strip().splitlines()
     reason = lines[0] if lines else repr(err)
@@ -361,7 +361,7 @@ class LiveRun:
         import matplotlib.pyplot as plt
         import torch
 
-        from pipelines import figures
+        from pipelines.common import figures
 
         ref = reference.detach().cpu()
         image = len(sampler.event_shape) > 1

@@ -7,12 +7,12 @@ import time
 import torch
 from tqdm import tqdm
 
-from lincore.training import fit
+from lincore.fit import fit
 
 
 def fit_for(model: torch.nn.Module, data: torch.Tensor, *, seconds: float, lr: float,
             batch_size: int, label: str, seed: int = 0) -> tuple[int, float]:  # fmt: skip
-    """``lincore.training.fit`` for ``seconds`` of wall clock; returns ``(steps, seconds)``."""
+    """``lincore.fit.fit`` for ``seconds`` of wall clock; returns ``(steps, seconds)``."""
     t0 = time.perf_counter()
     with tqdm(desc=label, unit="step", leave=False, mininterval=1.0) as bar:
         step = lambda i, loss: bar.update(1)  # noqa: E731

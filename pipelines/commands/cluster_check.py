@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from pipelines.errors import ServiceError, cli
+from pipelines.common.errors import ServiceError, cli
 
 # Executables Ray starts by name (the C++ servers, and Redis for an external-storage GCS).
 RAY_PROCESS_NAMES: tuple[str, ...] = ("gcs_server", "raylet", "plasma_store", "redis-server")
@@ -219,7 +219,7 @@ def check(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pipelines.cluster_check``: the same as ``linearizer cluster-check``."""
+    """``python -m pipelines.commands.cluster_check``: the same as ``linearizer cluster-check``."""
     parser = argparse.ArgumentParser(
         prog="linearizer cluster-check",
         description=__doc__,

@@ -1,0 +1,50 @@
+"""Where things are: the project root, paths from params made absolute, outputs checked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipelines.common.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[3]
+"""This checkout (``pipelines/common/config/paths.py`` is three folders below it)."""
+
+
+def project_root() -> Path:
+    """Where relative paths in params point: ``LINEARIZER_ROOT`` if set, else this checkout.
+
+    ``ray job submit`` runs the code in a temporary copy; setting the root (``--root``) keeps
+    data, checkpoints and MLflow in the user's project instead of that copy.
+    """
+    return Path(os.path.expanduser(os.environ.get("LINEARIZER_ROOT") or ROOT)).resolve()
+
+
+def resolve(path: str | os.PathLike[str], *, base: Path | None = None) -> Path:
+    """An output/input path from params, absolute (``ray job submit`` runs in a copy)."""
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else ((base or project_root()) / p).resolve()
+
+
+SOURCE_FOLDERS = ("lincore", "pipelines", "sweeps", "tests", "benchmarks", ".git", ".dvc")
+
+
+def output_path(path: str | os.PathLike[str], key: str) -> Path:
+    """Where an output goes, checked: a relative path must stay inside the project (no ``..``
+    escape) and no output may land in a source folder. An absolute path is the user's explicit
+    choice (shared storage on a cluster) and is kept."""
+    root = project_root()
+    raw = Path(os.path.expanduser(path))
+    p = resolve(raw)
+    if not raw.is_absolute() and not p.is_relative_to(root):
+        raise ConfigError(
+            f"{key}={str(path)!r} resolves to {p}, outside the project folder {root}; give a "
+            "path inside it (or an absolute path, on purpose)"
+        )
+    for folder in SOURCE_FOLDERS:
+        if p == root or p.is_relative_to(root / folder) or p.is_relative_to(ROOT / folder):
+            raise ConfigError(
+                f"{key}={str(path)!r} points into the project's source ({p}); outputs go in "
+                "their own folders (data/, models/, results/, ray_results/ ...)"
+            )
+    return p

@@ -1,0 +1,135 @@
+"""The schema of ``params.yaml``: one frozen dataclass per section, with every default.
+
+``model`` is ``lincore.generators.OneStepConfig`` itself, so the model's defaults have one source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from lincore.generators import OneStepConfig
+
+DATASETS = ("digits", "moons", "checkerboard", "eight_gaussians", "spirals", "path")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    """digits | moons | checkerboard | eight_gaussians | spirals | path"""
+    path: str = ""
+    """for name=path: a local .npz, .parquet, MNIST IDX file, or a folder of images"""
+    n_samples: int = 20000
+    """number of points generated for the 2-D toys"""
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    image_size: int = 0
+    """for an image folder: resize to this square size (0 keeps the size of the first image)"""
+    seed: int = 0
+
+
+ModelConfig = OneStepConfig
+"""``model``: lincore's own config of the standard model (one source for its defaults)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.002
+    lr_schedule: str = "cosine"
+    """cosine (to 0 over the run; a pure function of the step, so resumes match) | constant"""
+    seed: int = 0
+    num_workers: int = 1
+    """Ray Train workers (DDP). 0 runs the loop in the driver process (no worker actors)"""
+    use_gpu: bool = False
+    storage_path: str = "ray_results"
+    """Ray checkpoints and run state; shared storage on a cluster"""
+    checkpoints_to_keep: int = 2
+    max_failures: int = 2
+    """worker-group restarts from the latest checkpoint before the run fails"""
+    max_roundtrip_error: float = 0.001
+    """fail the run when max|g^-1(g(x)) - x| on a validation batch exceeds this (float32)"""
+    ema_decay: float = 0.99
+    """exponential moving average of the weights, per step (0 = off): what val_mmd, evaluation
+    and the saved model use"""
+    image_every: int = 5
+    """log a sample grid (and, for images, an interpolation strip) to the train stage's MLflow
+    run every this many epochs while it trains (0 = off)"""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    steps: int = 100
+    """sampler steps T collapsed into one matrix"""
+    n_samples: int = 0
+    """samples drawn for the quality metrics (0: as many as the test split)"""
+    grid: int = 64
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str = "sqlite:///mlflow.db"
+    """overridden by the MLFLOW_TRACKING_URI environment variable"""
+    experiment: str = "linearizer"
+    artifact_location: str = "mlartifacts"
+
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+SWEEP_METRICS = ("val_mmd", "val_loss")  # both minimised
+TUNABLE_SECTIONS = ("model", "train")
+UNTUNABLE = frozenset(
+    f"train.{k}" for k in ("epochs", "num_workers", "use_gpu", "storage_path",
+                           "checkpoints_to_keep", "max_failures", "max_roundtrip_error",
+                           "image_every")
+)  # fmt: skip
+
+
+def _default_space() -> dict[str, dict[str, list]]:
+    return {
+        "model.rank": {"choice": [2, 4, 8, 16, 32]},
+        "model.depth": {"choice": [2, 4, 6]},
+        "model.hidden": {"choice": [64, 128]},
+        "train.lr": {"loguniform": [0.0005, 0.005]},
+        "model.w_data_likelihood": {"uniform": [0.0, 1.0]},
+    }
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    num_samples: int = 4
+    max_epochs: int = 6
+    max_concurrent_trials: int = 2
+    workers_per_trial: int = 1
+    """Ray Train workers per trial; 0 trains inside the trial process (fastest on a laptop)"""
+    metric: str = "val_mmd"
+    objectives: str = "single"
+    """single | pareto (one-step MMD vs parameter count)"""
+    search: str = "optuna"
+    """optuna (TPE, or NSGA-II for pareto) | random"""
+    scheduler: str = "asha"
+    """asha | none"""
+    grace_period: int = 1
+    space: dict[str, Any] = field(default_factory=_default_space)
+    """``section.key: {distribution: [values or bounds]}``"""
+    registry_name: str = "linearizer-one-step"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """``{"model.rank": 16, ...}``: the form MLflow params take."""
+        return {
+            f"{section.name}.{f.name}": getattr(getattr(self, section.name), f.name)
+            for section in dataclasses.fields(self)
+            for f in dataclasses.fields(getattr(self, section.name))
+        }
