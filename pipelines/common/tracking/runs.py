@@ -1,38 +1,19 @@
-"""MLflow set-up: the tracking URI and artifact folder made absolute, checked before heavy work.
-
-Default: SQLite ``mlflow.db`` and ``mlartifacts/`` in the project (``mlflow ui`` shows them);
-``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` points at a server instead.
-
-The train stage's run lives as long as training does: ``open_train_run`` creates (or, for
-``--resume``, reopens) it before Ray Train starts, ``LiveRun`` logs each epoch from rank 0
-while it trains, ``end_failed`` records a failure, and ``close_orphaned_train_runs`` marks KILLED
-the runs whose driver was killed (the UI would show them live forever).
-"""
+"""The train stage's MLflow run over its life: opened (or reopened by ``--resume``) before the
+first epoch, each epoch's metrics, ended FAILED with its reason, marked KILLED when its driver
+died."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import sys
 import time
-import urllib.request
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.common.config import ROOT, MlflowConfig, output_path
-from pipelines.common.errors import ServiceError
-
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Run
-
-    from pipelines.common.one_step_sampler import OneStepSampler
-
-PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "numpy", "pyarrow==25.0.1"]
 
 ROLE_TAG = "linearizer.role"  # "train" (the train stage), "parent" (a sweep)
 RAY_RUN_TAG = "linearizer.ray_run"  # the Ray Train run name: what --resume NAME finds
@@ -40,92 +21,6 @@ DRIVER_TAG = "linearizer.driver"  # "<host> <pid> <process start time>" of the t
 ERROR_TAG = "linearizer.error"  # why a FAILED or KILLED run stopped, in one line
 STEP_METRIC = "train_loss"  # logged every epoch: its history says which epochs are logged
 # what the MLflow client reads for a server behind auth; Ray workers on other nodes need them too
-CLIENT_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-              "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
-              "MLFLOW_TRACKING_CLIENT_CERT_PATH")  # fmt: skip
-
-
-def tracking_uri(cfg: MlflowConfig) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(
-            output_path(uri.removeprefix("sqlite:///"), "mlflow.tracking_uri")
-        )
-    return uri
-
-
-def artifact_location(cfg: MlflowConfig) -> str:
-    if "://" in cfg.artifact_location:
-        return cfg.artifact_location
-    return output_path(cfg.artifact_location, "mlflow.artifact_location").as_uri()
-
-
-def check_reachable(uri: str) -> None:
-    """Fail fast, naming the URI, if runs could not be recorded there."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
-                if r.status != 200:
-                    raise OSError(f"status {r.status}")
-        except OSError as err:
-            raise ServiceError(
-                f"MLflow tracking server {uri} is unreachable ({err}); start it, fix "
-                "mlflow.tracking_uri / MLFLOW_TRACKING_URI, or unset it to use sqlite:///mlflow.db"
-            ) from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise ServiceError(f"MLflow database folder {folder} is missing or not writable")
-
-
-def setup(cfg: MlflowConfig) -> str:
-    """Point MLflow at the configured store and experiment; returns the experiment id."""
-    import mlflow
-
-    uri = tracking_uri(cfg)
-    check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.get_experiment_by_name(cfg.experiment)
-    if exp is None:
-        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location(cfg))
-    else:
-        exp_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
-    return exp_id
-
-
-def log_sampler_model(
-    checkpoint_path: Path, sampler: OneStepSampler, *, registered_name: str | None = None
-) -> str:
-    """Log ``checkpoint_path`` as a code-defined pyfunc model; returns its model URI.
-
-    ``sampler``, already built from the same weights, supplies the signature's example.
-    """
-    import mlflow
-    import torch
-
-    noise = torch.randn(2, *sampler.event_shape, generator=torch.Generator().manual_seed(0))
-    out = sampler.from_noise(noise)
-    noise = noise.reshape(2, -1).numpy()
-    signature = mlflow.models.infer_signature(noise, out.reshape(2, -1).numpy())
-    root = ROOT
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(Path(__file__).with_name("mlflow_model.py")),
-        artifacts={"checkpoint": str(checkpoint_path)},
-        code_paths=[str(root / "lincore"), str(root / "pipelines")],
-        signature=signature,
-        input_example=noise,
-        pip_requirements=PIP_REQUIREMENTS,
-        registered_model_name=registered_name,
-    )
-    return info.model_uri
-
-
-def client_env() -> dict[str, str]:
-    """The MLflow client settings of this process (credentials included) that Ray workers on
-    other nodes need to log to the same server: the ones set among ``CLIENT_ENV``."""
-    return {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
 
 
 def is_epoch_metric(key: str) -> bool:
@@ -305,84 +200,3 @@ def log_missing_epochs(client: MlflowClient, run_id: str, history: list[dict[str
     for i in range(0, len(missing), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=missing[i : i + 1000])
     return len(missing)
-
-
-class LiveRun:
-    """Rank 0's line to the train stage's MLflow run while Ray Train trains: each epoch's
-    metrics as the epoch ends and, every ``image_every`` epochs, a sample grid (and, for images,
-    an interpolation strip) under ``training/``.
-
-    Steps the run already has are skipped: a resumed run (or a restarted worker group) retrains
-    the epochs after its last checkpoint, which may have been logged before the interruption.
-    Logging is best effort: a tracking hiccup is reported and training goes on.
-    """
-
-    def __init__(self, spec: dict[str, Any], image_every: int) -> None:
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(spec["tracking_uri"])
-        self.run_id: str = spec["run_id"]
-        self.grid, self.image_every = int(spec.get("grid", 64)), image_every
-        try:
-            self.logged_through = max(logged_steps(self.client, self.run_id), default=0)
-        except Exception as err:  # unreadable now: log every epoch rather than stop training
-            self._warn(f"cannot read the run's metric history ({err})")
-            self.logged_through = 0
-
-    @staticmethod
-    def _warn(problem: str) -> None:
-        print(f"warning: MLflow: {problem}; training goes on", file=sys.stderr, flush=True)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], image_every: int) -> LiveRun | None:
-        """The live run named by ``config["mlflow"]``; ``None`` without one (sweep trials, whose
-        child runs Tune's MLflow callback keeps)."""
-        spec = config.get("mlflow")
-        return cls(spec, image_every) if spec else None
-
-    def epoch_end(
-        self, metrics: dict[str, Any], sampler: OneStepSampler, reference: torch.Tensor
-    ) -> None:
-        """Log the epoch that just ended (``metrics["epoch"]``, 0-based) at step epoch + 1."""
-        step = int(metrics["epoch"]) + 1
-        if step <= self.logged_through:
-            return
-        try:
-            self.client.log_batch(self.run_id, metrics=epoch_metrics(metrics))
-            if self.image_every and step % self.image_every == 0:
-                self.log_images(step, sampler, reference)
-        except Exception as err:  # train.py logs the epochs missing at the end
-            self._warn(f"logging epoch {step} failed ({err})")
-        self.logged_through = step
-
-    def log_images(self, step: int, sampler: OneStepSampler, reference: torch.Tensor) -> None:
-        """A fixed-seed sample grid from ``sampler`` (the collapse the validation metrics
-        already built) and, for images, four interpolation strips between reference pairs."""
-        import matplotlib.pyplot as plt
-        import torch
-
-        from pipelines.common import figures
-
-        ref = reference.detach().cpu()
-        image = len(sampler.event_shape) > 1
-        scatter = tuple(sampler.event_shape) == (2,)  # 2-D points: a cloud, not a grid
-        pairs = min(4, len(ref) // 2)
-        figs = {}
-        try:
-            with torch.no_grad():
-                x: np.ndarray = sampler.sample(1000 if scatter else self.grid, seed=0).numpy()
-                figs[f"training/samples_epoch_{step:04d}.png"] = figures.samples(
-                    x, reference=ref.numpy(), title=f"one-step samples, epoch {step}"
-                )
-                if image and pairs:
-                    alphas = torch.linspace(0, 1, 9)
-                    a, b = ref[:pairs], ref[pairs : 2 * pairs]
-                    path = sampler.model.interpolate(a, b, alphas, sampler.collapsed)
-                    figs[f"training/interpolation_epoch_{step:04d}.png"] = figures.interpolation(
-                        path.numpy(), title=f"interpolation through the noise, epoch {step}"
-                    )
-            for name, fig in figs.items():
-                self.client.log_figure(self.run_id, fig, name)
-        finally:
-            for fig in figs.values():
-                plt.close(fig)
