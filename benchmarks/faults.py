@@ -143,16 +143,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         clean = train_once(cfg, data, storage, None)
         hit = train_once(cfg, data, storage, args.kill_after)
     gap = max(abs(hit["final"][k] - v) / max(abs(v), 1e-12) for k, v in clean["final"].items())
-    out = {"clean": clean, "disturbed": hit, "max_relative_metric_gap": gap,
-           "extra_wall_s": hit["wall_s"] - clean["wall_s"]}  # fmt: skip
+    out = {
+        "clean": clean,
+        "disturbed": hit,
+        "max_relative_metric_gap": gap,
+        "extra_wall_s": hit["wall_s"] - clean["wall_s"],
+    }
     print("\ntraining worker killed after epoch", args.kill_after, "of", args.epochs, "\n")
     print("| run | worker killed | epochs in history | wall s | final val_loss | final val_mmd |")
     print("|---|---|---|---|---|---|")
     for label, r in (("undisturbed", clean), ("worker killed", hit)):
-        print(f"| {label} | {r['killed']} | {r['epochs']} | {r['wall_s']:.1f} | "
-              f"{r['final']['val_loss']:.6f} | {r['final']['val_mmd']:.6f} |")  # fmt: skip
-    print(f"\nextra wall clock: {out['extra_wall_s']:.1f} s; work lost: at most the epoch in "
-          "flight (checkpoint every epoch)")  # fmt: skip
+        print(
+            f"| {label} | {r['killed']} | {r['epochs']} | {r['wall_s']:.1f} | "
+            f"{r['final']['val_loss']:.6f} | {r['final']['val_mmd']:.6f} |"
+        )
+    print(
+        f"\nextra wall clock: {out['extra_wall_s']:.1f} s; work lost: at most the epoch in "
+        "flight (checkpoint every epoch)"
+    )
     print(f"max relative gap in final metrics: {gap:.2e}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -110,13 +110,23 @@ def build_linearizer(
     torch.manual_seed(0)
     if math.prod(shape) == 2:
         return OneStepFlowMatching.build(
-            shape, rank=2, depth=4, hidden=64, operator_hidden=64, operator=operator,
+            shape,
+            rank=2,
+            depth=4,
+            hidden=64,
+            operator_hidden=64,
+            operator=operator,
             weights=weights,
-        )  # fmt: skip
+        )
     return OneStepFlowMatching.build(
-        shape, rank=16, depth=8, hidden=256, operator_hidden=256, operator=operator,
+        shape,
+        rank=16,
+        depth=8,
+        hidden=256,
+        operator_hidden=256,
+        operator=operator,
         weights=weights,
-    )  # fmt: skip
+    )
 
 
 def build_flow(data: Data) -> MaximumLikelihoodFlow:
@@ -176,8 +186,11 @@ def coverage(
     """What a degenerate generator gets wrong: test data inverted to ``noise`` should be typical
     of ``N(0, I)``; midpoints ``mid`` should be as good as samples; images stay in range."""
     typical = typicality(noise)
-    row = {"inv_energy": typical["median_energy"], "inv_expected": typical["median_expected"],
-           "inv_shell": typical["inside_shell"]}  # fmt: skip
+    row = {
+        "inv_energy": typical["median_energy"],
+        "inv_expected": typical["median_expected"],
+        "inv_shell": typical["inside_shell"],
+    }
     row |= quality(mid.float(), data, clf, prefix="mid_")
     if data.name == "digits":
         lo, hi = float(data.train.min()), float(data.train.max())
@@ -194,9 +207,16 @@ def pairs(data: Data) -> tuple[Tensor, Tensor]:
 
 
 def linearizer_rows(
-    lin: OneStepFlowMatching, label: str, data: Data, clf: FeatureClassifier | None,
-    x0: Tensor, *, base_100: float, lin_steps: int, multi_step: bool = True,
-) -> list[dict]:  # fmt: skip
+    lin: OneStepFlowMatching,
+    label: str,
+    data: Data,
+    clf: FeatureClassifier | None,
+    x0: Tensor,
+    *,
+    base_100: float,
+    lin_steps: int,
+    multi_step: bool = True,
+) -> list[dict]:
     """Rows for a trained one-step Linearizer: 1 step (Euler and RK4 ``B``), and ``STEPS``."""
     n = len(x0)
     lin.eval()
@@ -217,42 +237,74 @@ def linearizer_rows(
     lin.float()
     floor = median_seconds(lambda: lin.decode(lin.encode(x0, 0), 1), 9)
     rows = []
-    for sampler, b, method in (("1 step (Euler B)", b_euler, "euler"),
-                               ("1 step (RK4 B)", b_rk4, "rk4")):  # fmt: skip
+    for sampler, b, method in (
+        ("1 step (Euler B)", b_euler, "euler"),
+        ("1 step (RK4 B)", b_rk4, "rk4"),
+    ):
         secs = median_seconds(lambda b=b: lin.sample_one_step(x0, b), 9)
         x = lin.sample_one_step(x0, b)
         extra = {}
         if method == "euler":
             extra = {"nll_bpd": nll, **coverage(noise, mid, x, data, clf)}
-        rows.append({
-            "model": label, "sampler": sampler, **quality(x, data, clf),
-            "samples/s": n / secs, "speedup vs base-100": base_100 / secs, **extra,
-            "cost_over_floor": secs / floor, "psnr_vs_multi": exact[method],
-            "collapse_s": collapse_s, "train_steps": lin_steps,
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": label,
+                "sampler": sampler,
+                **quality(x, data, clf),
+                "samples/s": n / secs,
+                "speedup vs base-100": base_100 / secs,
+                **extra,
+                "cost_over_floor": secs / floor,
+                "psnr_vs_multi": exact[method],
+                "collapse_s": collapse_s,
+                "train_steps": lin_steps,
+            }
+        )
     for method in ("euler", "rk4") if multi_step else ():
         secs = median_seconds(lambda m=method: lin.sample(x0, STEPS, m), 1)
-        rows.append({"model": label, "sampler": f"{STEPS} steps {method}",
-                     **quality(lin.sample(x0, STEPS, method), data, clf), "samples/s": n / secs,
-                     "speedup vs base-100": base_100 / secs})  # fmt: skip
+        rows.append(
+            {
+                "model": label,
+                "sampler": f"{STEPS} steps {method}",
+                **quality(lin.sample(x0, STEPS, method), data, clf),
+                "samples/s": n / secs,
+                "speedup vs base-100": base_100 / secs,
+            }
+        )
     return rows
 
 
-def flow_rows(flow: MaximumLikelihoodFlow, data: Data, clf: FeatureClassifier | None,
-              x0: Tensor, *, base_100: float, steps: int) -> list[dict]:  # fmt: skip
+def flow_rows(
+    flow: MaximumLikelihoodFlow,
+    data: Data,
+    clf: FeatureClassifier | None,
+    x0: Tensor,
+    *,
+    base_100: float,
+    steps: int,
+) -> list[dict]:
     flow.eval()
     n = len(x0)
     with torch.no_grad():
-        nll = bits_per_dim(flow.log_prob(data.test), math.prod(flow.event_shape),
-                           bins=bins_of(data))  # fmt: skip
+        nll = bits_per_dim(
+            flow.log_prob(data.test), math.prod(flow.event_shape), bins=bins_of(data)
+        )
         xa, xb = pairs(data)
         mid = flow.sample(slerp(flow.invert(xa), flow.invert(xb), 0.5))
         x = flow.sample(x0)
     secs = median_seconds(lambda: flow.sample(x0), 9)
-    return [{"model": "plain flow (same g, max. likelihood)", "sampler": "1 pass of g^-1",
-             **quality(x, data, clf), "samples/s": n / secs, "speedup vs base-100": base_100 / secs,
-             "nll_bpd": nll, **coverage(flow.invert(data.test), mid, x, data, clf),
-             "train_steps": steps}]  # fmt: skip
+    return [
+        {
+            "model": "plain flow (same g, max. likelihood)",
+            "sampler": "1 pass of g^-1",
+            **quality(x, data, clf),
+            "samples/s": n / secs,
+            "speedup vs base-100": base_100 / secs,
+            "nll_bpd": nll,
+            **coverage(flow.invert(data.test), mid, x, data, clf),
+            "train_steps": steps,
+        }
+    ]
 
 
 OLD = "linearizer (original rank-only A_t, its own objective)"
@@ -275,8 +327,9 @@ def run_dataset(name: str, seconds: float, log: Callable[[str], None]) -> list[d
     steps = {}
     for label, model in models.items():
         log(f"[{name}] training {label} ({n_params(model):,} params) for {seconds:.0f} s")
-        steps[label] = len(fit(model, data.train, seconds=seconds, lr=lr.get(label, 3e-3),
-                               batch_size=512))  # fmt: skip
+        steps[label] = len(
+            fit(model, data.train, seconds=seconds, lr=lr.get(label, 3e-3), batch_size=512)
+        )
     clf = None
     if data.train_labels is not None:
         clf = fit_classifier(data.train, data.train_labels, steps=1500)
@@ -287,33 +340,60 @@ def run_dataset(name: str, seconds: float, log: Callable[[str], None]) -> list[d
     base.eval()
     mean.eval()
     base_100 = median_seconds(lambda: base.sample(x0, 100), 3)
-    rows = linearizer_rows(lin, "linearizer (isotropic_psd A_t)", data, clf, x0,
-                           base_100=base_100, lin_steps=steps["linearizer"])  # fmt: skip
-    rows += linearizer_rows(old, OLD, data, clf, x0, base_100=base_100, lin_steps=steps[OLD],
-                            multi_step=False)  # fmt: skip
-    rows += flow_rows(models["plain flow"], data, clf, x0, base_100=base_100,
-                      steps=steps["plain flow"])  # fmt: skip
+    rows = linearizer_rows(
+        lin,
+        "linearizer (isotropic_psd A_t)",
+        data,
+        clf,
+        x0,
+        base_100=base_100,
+        lin_steps=steps["linearizer"],
+    )
+    rows += linearizer_rows(
+        old, OLD, data, clf, x0, base_100=base_100, lin_steps=steps[OLD], multi_step=False
+    )
+    rows += flow_rows(
+        models["plain flow"], data, clf, x0, base_100=base_100, steps=steps["plain flow"]
+    )
     for k in (1, 10, 100):
         secs = median_seconds(lambda k=k: base.sample(x0, k), 3)
-        rows.append({"model": "flow matching (MLP velocity)", "sampler": f"{k} steps euler",
-                     **quality(base.sample(x0, k), data, clf), "samples/s": n / secs,
-                     "speedup vs base-100": base_100 / secs,
-                     "train_steps": steps["flow matching"]})  # fmt: skip
+        rows.append(
+            {
+                "model": "flow matching (MLP velocity)",
+                "sampler": f"{k} steps euler",
+                **quality(base.sample(x0, k), data, clf),
+                "samples/s": n / secs,
+                "speedup vs base-100": base_100 / secs,
+                "train_steps": steps["flow matching"],
+            }
+        )
     for k in (1, 2):
         secs = median_seconds(lambda k=k: mean.sample(x0, k), 3)
-        rows.append({"model": "MeanFlow (MLP u)", "sampler": f"{k} step(s)",
-                     **quality(mean.sample(x0, k), data, clf), "samples/s": n / secs,
-                     "speedup vs base-100": base_100 / secs,
-                     "train_steps": steps["meanflow"]})  # fmt: skip
-    rows.append({"model": "held-out data", "sampler": "-",
-                 **quality(load(name, seed=7).test if name != "digits" else data.train[:n],
-                           data, clf)})  # fmt: skip
+        rows.append(
+            {
+                "model": "MeanFlow (MLP u)",
+                "sampler": f"{k} step(s)",
+                **quality(mean.sample(x0, k), data, clf),
+                "samples/s": n / secs,
+                "speedup vs base-100": base_100 / secs,
+                "train_steps": steps["meanflow"],
+            }
+        )
+    rows.append(
+        {
+            "model": "held-out data",
+            "sampler": "-",
+            **quality(load(name, seed=7).test if name != "digits" else data.train[:n], data, clf),
+        }
+    )
     return [{"data": name, **r} for r in rows]
 
 
 ABLATION = {
     "rank-only, data likelihood (old default)": (
-        "low_rank", LossWeights.paper(data_likelihood=1.0)),
+        "low_rank",
+        LossWeights.paper(data_likelihood=1.0),
+    ),
     "rank-only, paper objective": ("low_rank", LossWeights.paper()),
     "rank-only, data + one-step likelihood": ("low_rank", DEFAULT_WEIGHTS),
     "isotropic_low_rank, data + one-step likelihood": ("isotropic_low_rank", DEFAULT_WEIGHTS),
@@ -321,8 +401,10 @@ ABLATION = {
     "isotropic_psd, data likelihood": ("isotropic_psd", LossWeights.paper(data_likelihood=1)),
     "isotropic_psd, paper objective": ("isotropic_psd", LossWeights.paper()),
     "isotropic_psd, one-step likelihood only": (
-        "isotropic_psd", LossWeights.paper(one_step_likelihood=1)),
-}  # fmt: skip
+        "isotropic_psd",
+        LossWeights.paper(one_step_likelihood=1),
+    ),
+}
 
 
 def ablation(seconds: float, log: Callable[[str], None]) -> list[dict]:
@@ -337,8 +419,9 @@ def ablation(seconds: float, log: Callable[[str], None]) -> list[dict]:
         log(f"[ablation] {label}: {n_params(lin):,} params, {seconds:.0f} s")
         steps = len(fit(lin, data.train, seconds=seconds, lr=3e-3, batch_size=512))
         torch.set_grad_enabled(False)
-        row = linearizer_rows(lin, label, data, clf, x0, base_100=float("nan"), lin_steps=steps,
-                              multi_step=False)[0]  # fmt: skip
+        row = linearizer_rows(
+            lin, label, data, clf, x0, base_100=float("nan"), lin_steps=steps, multi_step=False
+        )[0]
         rows.append({k: v for k, v in row.items() if k not in ("sampler", "speedup vs base-100")})
     torch.set_grad_enabled(True)
     return rows
@@ -360,9 +443,17 @@ def _collapse_case(dim: int, form: str, steps: int, rank: int, queue: mp.Queue) 
     stored = (
         sum(t.numel() for t in (b.matrix.W, b.matrix.Y)) * 8 if b.factored else b.matrix.numel() * 8
     )
-    queue.put({"D": dim, "operator": kind, "form": form, "collapse_s": secs,
-               "apply_64_ms": 1e3 * apply_s, "stored_MB": stored / 2**20,
-               "peak_rss_MB": peak / 1024})  # fmt: skip
+    queue.put(
+        {
+            "D": dim,
+            "operator": kind,
+            "form": form,
+            "collapse_s": secs,
+            "apply_64_ms": 1e3 * apply_s,
+            "stored_MB": stored / 2**20,
+            "peak_rss_MB": peak / 1024,
+        }
+    )
 
 
 def _fresh_process(target: Callable, *args: object) -> dict:
@@ -386,8 +477,16 @@ def _memory_case(
 ) -> None:
     torch.set_num_threads(2)
     weights = dataclasses.replace(DEFAULT_WEIGHTS, one_step_likelihood=one_step)
-    model = OneStepFlowMatching.build(shape, rank=8, depth=6, hidden=128, operator_hidden=128,
-                                      operator=kind, flow="image", weights=weights)  # fmt: skip
+    model = OneStepFlowMatching.build(
+        shape,
+        rank=8,
+        depth=6,
+        hidden=128,
+        operator_hidden=128,
+        operator=kind,
+        flow="image",
+        weights=weights,
+    )
     x = torch.rand(batch, *shape)
     model.initialize_from(x)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -400,15 +499,27 @@ def _memory_case(
         opt.step()
     secs = (time.perf_counter() - t0) / 2
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    queue.put({"operator": kind, "one_step_likelihood": one_step,
-               "shape": "x".join(map(str, shape)), "batch": batch,
-               "operator_params": n_params(model.operator), "all_params": n_params(model),
-               "step_peak_MB": peak / 1024, "step_s": secs})  # fmt: skip
+    queue.put(
+        {
+            "operator": kind,
+            "one_step_likelihood": one_step,
+            "shape": "x".join(map(str, shape)),
+            "batch": batch,
+            "operator_params": n_params(model.operator),
+            "all_params": n_params(model),
+            "step_peak_MB": peak / 1024,
+            "step_s": secs,
+        }
+    )
 
 
 def memory_table(shape: tuple[int, ...] = (3, 64, 64)) -> list[dict]:
-    cases = [("low_rank", 16, 0.0), ("isotropic_psd", 16, 0.0), ("isotropic_psd", 16, 1.0),
-             ("isotropic_psd", 64, 1.0)]  # fmt: skip
+    cases = [
+        ("low_rank", 16, 0.0),
+        ("isotropic_psd", 16, 0.0),
+        ("isotropic_psd", 16, 1.0),
+        ("isotropic_psd", 64, 1.0),
+    ]
     return [_fresh_process(_memory_case, *case, shape) for case in cases]
 
 

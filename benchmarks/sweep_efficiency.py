@@ -27,16 +27,24 @@ from typing import Any
 ARMS = {"tpe+asha": ("optuna", "asha"), "random": ("random", "none")}
 
 
-def run_arm(cfg: Any, arm: str, seed: int, trials: int, epochs: int, data: Path,
-            storage: Path) -> dict[str, Any]:  # fmt: skip
+def run_arm(
+    cfg: Any, arm: str, seed: int, trials: int, epochs: int, data: Path, storage: Path
+) -> dict[str, Any]:
     """One search; returns its per-epoch objective values in the order they were reported."""
     from sweeps.search import fit
 
     search, scheduler = ARMS[arm]
     sweep = dataclasses.replace(
-        cfg.sweep, search=search, scheduler=scheduler, num_samples=trials, max_epochs=epochs,
-        max_concurrent_trials=1, workers_per_trial=0, seed=seed, objectives="single",
-    )  # fmt: skip
+        cfg.sweep,
+        search=search,
+        scheduler=scheduler,
+        num_samples=trials,
+        max_epochs=epochs,
+        max_concurrent_trials=1,
+        workers_per_trial=0,
+        seed=seed,
+        objectives="single",
+    )
     c = dataclasses.replace(cfg, sweep=sweep)
     t0 = time.perf_counter()
     grid = fit(c, storage / f"{arm}-{seed}", data / "train.parquet", data / "val.parquet")
@@ -79,29 +87,46 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             data_mod.write_split(folder / f"{name}.parquet", part, seed=cfg.data.seed)
         ray_runtime.init()
         for seed in args.seeds:
-            runs = {arm: run_arm(cfg, arm, seed, args.trials, args.max_epochs, folder,
-                                 Path(tmp) / "ray") for arm in ARMS}  # fmt: skip
+            runs = {
+                arm: run_arm(
+                    cfg, arm, seed, args.trials, args.max_epochs, folder, Path(tmp) / "ray"
+                )
+                for arm in ARMS
+            }
             best = min(min(r["values"]) for r in runs.values())
             for arm, r in runs.items():
-                rows.append({
-                    "seed": seed, "arm": arm, "trials": r["trials"],
-                    "trial_epochs": len(r["values"]), "best_val_mmd": min(r["values"]),
-                    "epochs_to_5pct": epochs_to_within(r["values"], 1.05 * best),
-                    "wall_s": r["wall_s"],
-                })  # fmt: skip
-    print(f"\nsweep efficiency: {args.data}, {args.trials} trials x <= {args.max_epochs} epochs, "
-          "one trial at a time\n")  # fmt: skip
-    print("| seed | arm | trials | trial-epochs | best val_mmd | trial-epochs to within 5% "
-          "of best | wall s |\n|---|---|---|---|---|---|---|")  # fmt: skip
+                rows.append(
+                    {
+                        "seed": seed,
+                        "arm": arm,
+                        "trials": r["trials"],
+                        "trial_epochs": len(r["values"]),
+                        "best_val_mmd": min(r["values"]),
+                        "epochs_to_5pct": epochs_to_within(r["values"], 1.05 * best),
+                        "wall_s": r["wall_s"],
+                    }
+                )
+    print(
+        f"\nsweep efficiency: {args.data}, {args.trials} trials x <= {args.max_epochs} epochs, "
+        "one trial at a time\n"
+    )
+    print(
+        "| seed | arm | trials | trial-epochs | best val_mmd | trial-epochs to within 5% "
+        "of best | wall s |\n|---|---|---|---|---|---|---|"
+    )
     for r in rows:
         reach = r["epochs_to_5pct"] if r["epochs_to_5pct"] is not None else "never"
-        print(f"| {r['seed']} | {r['arm']} | {r['trials']} | {r['trial_epochs']} | "
-              f"{r['best_val_mmd']:.4f} | {reach} | {r['wall_s']:.0f} |")  # fmt: skip
+        print(
+            f"| {r['seed']} | {r['arm']} | {r['trials']} | {r['trial_epochs']} | "
+            f"{r['best_val_mmd']:.4f} | {reach} | {r['wall_s']:.0f} |"
+        )
     for seed in args.seeds:
         a, b = (next(r for r in rows if r["seed"] == seed and r["arm"] == arm) for arm in ARMS)
         share = a["trial_epochs"] / b["trial_epochs"]
-        print(f"seed {seed}: tpe+asha used {share:.0%} of random search's trial-epochs; "
-              f"best {a['best_val_mmd']:.4f} vs {b['best_val_mmd']:.4f}")  # fmt: skip
+        print(
+            f"seed {seed}: tpe+asha used {share:.0%} of random search's trial-epochs; "
+            f"best {a['best_val_mmd']:.4f} vs {b['best_val_mmd']:.4f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return rows

@@ -39,22 +39,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ray_runtime.init()
         init_s = time.perf_counter() - t0
         for workers in [int(w) for w in args.workers.split(",")]:
-            cfg = Config(train=TrainConfig(num_workers=workers, use_gpu=args.gpu,
-                                           storage_path=str(Path(tmp) / "ray")))  # fmt: skip
+            cfg = Config(
+                train=TrainConfig(
+                    num_workers=workers, use_gpu=args.gpu, storage_path=str(Path(tmp) / "ray")
+                )
+            )
             ray_runtime.check_workers(workers, args.gpu)
             t0 = time.perf_counter()
             result = run_training(
-                cfg, Path(tmp) / "train.parquet", Path(tmp) / "val.parquet",
-                run_name=unique_run_name("bench"), epochs=args.epochs,
-            )  # fmt: skip
+                cfg,
+                Path(tmp) / "train.parquet",
+                Path(tmp) / "val.parquet",
+                run_name=unique_run_name("bench"),
+                epochs=args.epochs,
+            )
             wall = time.perf_counter() - t0
             history = load_result_state(result)["history"]
             steady = history[1:] or history  # the first epoch includes lazy start-up
             epoch_s = sum(h["epoch_seconds"] for h in steady) / len(steady)
-            rows.append({"workers": workers, "samples/s": n / epoch_s, "fit wall s": wall,
-                         "epochs s": sum(h["epoch_seconds"] for h in history),
-                         "start-up + teardown share": 1 - sum(h["epoch_seconds"] for h in history)
-                         / wall, "ray.init s": init_s})  # fmt: skip
+            rows.append(
+                {
+                    "workers": workers,
+                    "samples/s": n / epoch_s,
+                    "fit wall s": wall,
+                    "epochs s": sum(h["epoch_seconds"] for h in history),
+                    "start-up + teardown share": 1
+                    - sum(h["epoch_seconds"] for h in history) / wall,
+                    "ray.init s": init_s,
+                }
+            )
     for r in rows:
         r["speedup vs 1"] = r["samples/s"] / rows[0]["samples/s"]
     print(table(rows))

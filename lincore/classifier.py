@@ -57,8 +57,16 @@ def fit_classifier(
     return model.eval()
 
 
-def _train(model: FeatureClassifier, opt: torch.optim.Optimizer, x: Tensor, labels: Tensor,
-           steps: int, batch_size: int, scale: Tensor, gen: torch.Generator) -> None:  # fmt: skip
+def _train(
+    model: FeatureClassifier,
+    opt: torch.optim.Optimizer,
+    x: Tensor,
+    labels: Tensor,
+    steps: int,
+    batch_size: int,
+    scale: Tensor,
+    gen: torch.Generator,
+) -> None:
     for _ in range(steps):
         idx = torch.randint(len(x), (batch_size,), generator=gen)
         xb = x[idx] + 0.05 * scale * torch.randn(x[idx].shape, generator=gen, dtype=x.dtype)

@@ -99,8 +99,9 @@ def summarise(
             rows.append({**row, s.metric: float("nan")})
             continue
         tcfg = trial.trial_config(cfg, params, sweep_dir)
-        model = OneStepFlowMatching.build(shape, tcfg.model, seed=tcfg.train.seed,
-                                       steps=cfg.evaluate.steps)  # fmt: skip
+        model = OneStepFlowMatching.build(
+            shape, tcfg.model, seed=tcfg.train.seed, steps=cfg.evaluate.steps
+        )
         model.load_state_dict(final_weights(state))
         sampler = OneStepSampler(model, cfg.evaluate.steps)
         row.update({s.metric: float(state["history"][-1][s.metric]), **score(sampler, xv)})

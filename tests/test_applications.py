@@ -30,11 +30,13 @@ def projective(shape, rank, *, kind="orthogonal", flow="coupling", seed=0):
 
 def inputs(shape, n=64, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    return torch.cat([  # Gaussian noise, wide noise, and uniform inputs: "any input"
-        torch.randn(n, *shape, generator=gen, dtype=F64),
-        5 * torch.randn(n, *shape, generator=gen, dtype=F64),
-        torch.rand(n, *shape, generator=gen, dtype=F64),
-    ])  # fmt: skip
+    return torch.cat(
+        [  # Gaussian noise, wide noise, and uniform inputs: "any input"
+            torch.randn(n, *shape, generator=gen, dtype=F64),
+            5 * torch.randn(n, *shape, generator=gen, dtype=F64),
+            torch.rand(n, *shape, generator=gen, dtype=F64),
+        ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -191,8 +193,22 @@ def test_the_projective_command_writes_its_report(tmp_path):
 
     from pipelines.commands import projective
 
-    rows = projective.main(["--data", "moons", "--ranks", "1", "--seconds", "1", "--depth", "2",
-                            "--hidden", "16", "--out", str(tmp_path)])  # fmt: skip
+    rows = projective.main(
+        [
+            "--data",
+            "moons",
+            "--ranks",
+            "1",
+            "--seconds",
+            "1",
+            "--depth",
+            "2",
+            "--hidden",
+            "16",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rows[0]["idempotency_error"] < 1e-9 and rows[0]["steps"] > 0
     saved = json.loads((tmp_path / "moons_metrics.json").read_text())
     assert saved[0]["rank"] == 1 and "reconstruction_mse" in saved[0] and "mmd" in saved[0]
@@ -202,8 +218,23 @@ def test_the_projective_command_writes_its_report(tmp_path):
 def test_the_style_command_writes_its_report(tmp_path):
     from pipelines.commands import style
 
-    out = style.main(["--styles", "sepia", "blur", "--new-style", "emboss", "--seconds", "2",
-                      "--depth", "1", "--hidden", "8", "--out", str(tmp_path)])  # fmt: skip
+    out = style.main(
+        [
+            "--styles",
+            "sepia",
+            "blur",
+            "--new-style",
+            "emboss",
+            "--seconds",
+            "2",
+            "--depth",
+            "1",
+            "--hidden",
+            "8",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     routes = [(r["style"], r["route"]) for r in out["rows"]]
     assert routes[:2] == [("sepia", "joint (g + operators)"), ("blur", "joint (g + operators)")]
     assert {r["route"] for r in out["rows"][2:]} == {

@@ -212,12 +212,15 @@ def test_fit_needs_one_budget_and_stops_on_a_non_finite_loss():
 def test_initialisation_sets_each_side_from_its_own_domain():
     """With two image networks the noise network's ActNorm must see noise, not data."""
     torch.manual_seed(0)
-    m = OneStepFlowMatching.build((1, 4, 4), rank=4, depth=1, hidden=8, flow="image",
-                                  two_networks=True)  # fmt: skip
+    m = OneStepFlowMatching.build(
+        (1, 4, 4), rank=4, depth=1, hidden=8, flow="image", two_networks=True
+    )
     data = 5 + 0.01 * torch.rand(64, 1, 4, 4)  # far from N(0, I): a large log-scale
     m.initialize_from(data)
-    first = {name: next(b for b in net.body.blocks if hasattr(b, "log_scale"))
-             for name, net in (("noise", m.g), ("data", m.g_data))}  # fmt: skip
+    first = {
+        name: next(b for b in net.body.blocks if hasattr(b, "log_scale"))
+        for name, net in (("noise", m.g), ("data", m.g_data))
+    }
     assert float(first["data"].log_scale.mean()) > 3
     assert float(first["noise"].log_scale.abs().max()) < 0.5
     assert m.roundtrip_error(data) < 1e-4 and m.roundtrip_error(torch.randn(8, 1, 4, 4), 0) < 1e-4

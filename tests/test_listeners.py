@@ -190,10 +190,19 @@ def head():
     tmp = tempfile.mkdtemp(prefix="lzh-", dir="/tmp")  # short: Ray's socket paths must fit
     env = _env(RAY_TMPDIR=tmp, **readme_env)
     proc = subprocess.Popen(
-        [str(BIN / "ray"), *argv[1:], "--block", f"--port={ports['gcs']}",
-         f"--dashboard-port={ports['dashboard']}", f"--ray-client-server-port={ports['client']}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(BIN / "ray"),
+            *argv[1:],
+            "--block",
+            f"--port={ports['gcs']}",
+            f"--dashboard-port={ports['dashboard']}",
+            f"--ray-client-server-port={ports['client']}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         _wait_http(f"http://127.0.0.1:{ports['dashboard']}/api/version")
         found = _settle(
@@ -224,8 +233,11 @@ def test_linearizer_cluster_check_passes_the_loopback_head(head):
     proc, ports, env, _ = head
     r = subprocess.run(
         [str(BIN / "linearizer"), "cluster-check", "--pid", str(proc.pid)],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert any("gcs_server" in line and line.endswith(f":{ports['gcs']}") for line in lines)
@@ -253,11 +265,22 @@ def test_ray_job_submit_runs_on_the_loopback_head_and_stays_there(head, tmp_path
     proc, ports, env, _ = head
     (tmp_path / "job.py").write_text(JOB)
     submit = subprocess.Popen(
-        [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{ports['dashboard']}",
-         "--", sys.executable, str(tmp_path / "job.py"), str(tmp_path)],
-        env={**env, "RAY_AUTH_MODE": "token"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{ports['dashboard']}",
+            "--",
+            sys.executable,
+            str(tmp_path / "job.py"),
+            str(tmp_path),
+        ],
+        env={**env, "RAY_AUTH_MODE": "token"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-    )  # fmt: skip
+    )
     try:
         deadline = time.time() + 180
         while not (tmp_path / "started").exists():
@@ -280,9 +303,13 @@ def test_mlflow_ui_as_the_readme_writes_it_listens_on_loopback_only(tmp_path):
     argv = [str(BIN / "mlflow"), *argv[1:]]
     argv[argv.index("--port") + 1] = str(port)
     proc = subprocess.Popen(
-        argv, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        argv,
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health")
         found = _settle(proc.pid, {port}, set(), timeout=60)
@@ -306,9 +333,14 @@ sys.stdin.read()
 def test_the_in_process_ray_listens_on_loopback_only():
     tmp = tempfile.mkdtemp(prefix="lzi-", dir="/tmp")
     proc = subprocess.Popen(
-        [sys.executable, "-c", INIT], cwd=ROOT, env=_env(RAY_TMPDIR=tmp),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-c", INIT],
+        cwd=ROOT,
+        env=_env(RAY_TMPDIR=tmp),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         found = _settle(

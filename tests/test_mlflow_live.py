@@ -73,12 +73,17 @@ def test_each_epoch_reaches_mlflow_as_it_ends_with_pictures_every_n_epochs(moons
     fit_epochs(config, session)
     assert session.seen == [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]]  # logged before each report
     assert set(client.get_run(run_id).data.metrics) >= {
-        "train_loss", "val_loss", "val_mmd", "val_inversion_energy", "roundtrip_error",
+        "train_loss",
+        "val_loss",
+        "val_mmd",
+        "val_inversion_energy",
+        "roundtrip_error",
         "epoch_seconds",
-    }  # fmt: skip
+    }
     assert artifacts(client, run_id) == [
-        "training/samples_epoch_0002.png", "training/samples_epoch_0004.png"
-    ]  # fmt: skip
+        "training/samples_epoch_0002.png",
+        "training/samples_epoch_0004.png",
+    ]
 
 
 def test_image_data_get_a_grid_and_an_interpolation_strip_at_their_epochs(store):
@@ -100,8 +105,9 @@ def test_image_data_get_a_grid_and_an_interpolation_strip_at_their_epochs(store)
         live.epoch_end({"epoch": epoch, "train_loss": 1.0 / (epoch + 1)}, sampler, reference)
     assert steps(client, run_id) == [1, 2, 3]
     assert artifacts(client, run_id) == [
-        "training/interpolation_epoch_0003.png", "training/samples_epoch_0003.png"
-    ]  # fmt: skip
+        "training/interpolation_epoch_0003.png",
+        "training/samples_epoch_0003.png",
+    ]
 
 
 def test_a_sweep_trial_loop_without_a_run_logs_nothing(moons):
@@ -146,8 +152,12 @@ def test_runs_left_running_by_a_dead_driver_are_marked_killed_and_live_ones_kept
     dead = tracking.driver_id(sleeper.pid)
     sleeper.kill()
     sleeper.wait()
-    drivers = {"dead": dead, "alive": tracking.driver_id(),
-               "elsewhere": "another-host 123 1700000000.00", "resumed": dead}  # fmt: skip
+    drivers = {
+        "dead": dead,
+        "alive": tracking.driver_id(),
+        "elsewhere": "another-host 123 1700000000.00",
+        "resumed": dead,
+    }
     runs = {}
     for name, driver in drivers.items():
         run_id, _ = tracking.open_train_run(client, exp, name, {"train.epochs": 3})
@@ -155,8 +165,12 @@ def test_runs_left_running_by_a_dead_driver_are_marked_killed_and_live_ones_kept
         runs[name] = run_id
     assert tracking.close_orphaned_train_runs(client, exp, keep=runs["resumed"]) == 1
     status = {n: client.get_run(r).info.status for n, r in runs.items()}
-    assert status == {"dead": "KILLED", "alive": "RUNNING", "elsewhere": "RUNNING",
-                      "resumed": "RUNNING"}  # fmt: skip
+    assert status == {
+        "dead": "KILLED",
+        "alive": "RUNNING",
+        "elsewhere": "RUNNING",
+        "resumed": "RUNNING",
+    }
     assert "killed" in client.get_run(runs["dead"]).data.tags[tracking.ERROR_TAG]
     # --resume reopens its own run (by the Ray run name), with its params kept ...
     previous = tracking.find_train_run(client, exp, "dead")
@@ -169,8 +183,9 @@ def test_runs_left_running_by_a_dead_driver_are_marked_killed_and_live_ones_kept
     assert reopened.data.tags["linearizer.params_changed_on_resume"] == "train.epochs"
     # ... but not one whose driver still trains on this machine
     with pytest.raises(ConfigError, match="still training"):
-        tracking.open_train_run(client, exp, "alive", {},
-                                previous=tracking.find_train_run(client, exp, "alive"))  # fmt: skip
+        tracking.open_train_run(
+            client, exp, "alive", {}, previous=tracking.find_train_run(client, exp, "alive")
+        )
 
 
 def test_image_every_is_checked_and_not_tunable():
@@ -212,9 +227,13 @@ def test_the_run_shows_metrics_and_pictures_while_training_goes_on(tmp_path, moo
     proj = make_project(tmp_path, moons, "epochs: 200, batch_size: 64, image_every: 2")
     log = tmp_path / "train.log"
     proc = subprocess.Popen(
-        [str(BIN / "python"), "-u", "-m", "pipelines.stages.train"], cwd=proj, env=clean_env(),
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [str(BIN / "python"), "-u", "-m", "pipelines.stages.train"],
+        cwd=proj,
+        env=clean_env(),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline, seen = time.time() + 150, None
     try:
         while seen is None:
@@ -258,9 +277,13 @@ def test_a_run_with_nan_ends_failed_and_says_why(tmp_path, moons):
     sleeper.kill()
     sleeper.wait()
     r = subprocess.run(
-        [str(BIN / "python"), "-m", "pipelines.stages.train"], cwd=proj, env=clean_env(),
-        capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        [str(BIN / "python"), "-m", "pipelines.stages.train"],
+        cwd=proj,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
     assert "marked 1 train run(s) left RUNNING by a killed driver as KILLED" in r.stdout
     assert client.get_run(orphan).info.status == "KILLED"

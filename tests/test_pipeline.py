@@ -170,13 +170,16 @@ def test_checkpoints_from_before_the_operator_key_load_and_sample(tmp_path):
     """A checkpoint written before ``model.operator`` existed holds the rank-only ``A_t``."""
     from pipelines.common.one_step_sampler import OneStepSampler
 
-    cfg = ModelConfig(rank=2, depth=2, hidden=8, operator_hidden=8, operator="low_rank",
-                      w_one_step_likelihood=0.0)  # fmt: skip
+    cfg = ModelConfig(
+        rank=2, depth=2, hidden=8, operator_hidden=8, operator="low_rank", w_one_step_likelihood=0.0
+    )
     old = OneStepFlowMatching.build((1, 2, 2), cfg, seed=3)
     new_keys = ("operator", "w_one_step_likelihood")
     old_config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in new_keys}
-    torch.save({"state_dict": old.state_dict(), "model_config": old_config, "shape": [1, 2, 2]},
-               tmp_path / "old.pt")  # fmt: skip
+    torch.save(
+        {"state_dict": old.state_dict(), "model_config": old_config, "shape": [1, 2, 2]},
+        tmp_path / "old.pt",
+    )
     sampler = OneStepSampler.from_checkpoint(tmp_path / "old.pt", steps=10)
     assert sampler.model.operator.kind == "low_rank"
     x = sampler.sample(5, seed=1)
@@ -197,9 +200,13 @@ def test_unreachable_services_are_clear_errors(monkeypatch):
 
 def run_stage(*args, env=None, cwd=ROOT):
     return subprocess.run(
-        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd,
-        env={**os.environ, **(env or {})}, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_stage_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
@@ -210,13 +217,24 @@ def test_stage_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
     assert "unknown key 'model.rnak'" in r.stderr
     params.write_text("train:\n  epochs: 1\n")
     r = run_stage(
-        "pipelines.stages.train", "--params", str(params), "--data", str(tmp_path),
+        "pipelines.stages.train",
+        "--params",
+        str(params),
+        "--data",
+        str(tmp_path),
         env={"RAY_ADDRESS": "127.0.0.1:9"},
-    )  # fmt: skip
+    )
     assert r.returncode == 2 and "prepared data" in r.stderr and "Traceback" not in r.stderr
     db = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
-    r = run_stage("pipelines.commands.cli", "sample", "--model", "models:/does-not-exist", "--out",
-                  str(tmp_path / "g.png"), env=db)  # fmt: skip
+    r = run_stage(
+        "pipelines.commands.cli",
+        "sample",
+        "--model",
+        "models:/does-not-exist",
+        "--out",
+        str(tmp_path / "g.png"),
+        env=db,
+    )
     assert r.returncode == 2 and "cannot load MLflow model" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "g.png").exists()
 
@@ -257,8 +275,9 @@ def test_the_local_ray_node_stays_on_loopback_and_is_the_one_ray_tools_find():
         "ray.shutdown()"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       env=env, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
     assert "node 127.0.0.1" in r.stdout, r.stdout + r.stderr[-2000:]
     said = dict(ln.split(" ", 1) for ln in r.stdout.splitlines() if " " in ln)
     assert said["gcs"].startswith("127.0.0.1:") and said["file"] == said["gcs"]

@@ -37,8 +37,11 @@ sweep:
 def copy_project(dest: Path) -> None:
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for f in files:
         if (ROOT / f).is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +114,24 @@ def test_dvc_repro_end_to_end(tmp_path):
     grid = tmp_path / "grid.png"
     env_uri = {"MLFLOW_TRACKING_URI": summary["tracking_uri"]}
     r = subprocess.run(
-        [str(BIN / "python"), "-m", "pipelines.commands.cli", "sample", "--model",
-         summary["mlflow_model_uri"], "--n", "16", "--out", str(grid)],
-        cwd=proj, env={**os.environ, **env_uri}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            str(BIN / "python"),
+            "-m",
+            "pipelines.commands.cli",
+            "sample",
+            "--model",
+            summary["mlflow_model_uri"],
+            "--n",
+            "16",
+            "--out",
+            str(grid),
+        ],
+        cwd=proj,
+        env={**os.environ, **env_uri},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert grid.read_bytes()[:4] == b"\x89PNG"
 

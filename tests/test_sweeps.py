@@ -99,16 +99,22 @@ def test_best_params_nest_into_params_sections():
     ("sweep", "res", "message"),
     [
         ({"max_concurrent_trials": 3, "workers_per_trial": 0}, {"CPU": 2}, "need 3 CPUs"),
-        ({"max_concurrent_trials": 2, "workers_per_trial": 2}, {"CPU": 2, "trial_driver": 2},
-         "need 4 CPUs but Ray has 2"),
+        (
+            {"max_concurrent_trials": 2, "workers_per_trial": 2},
+            {"CPU": 2, "trial_driver": 2},
+            "need 4 CPUs but Ray has 2",
+        ),
         ({"max_concurrent_trials": 1, "workers_per_trial": 1}, {"CPU": 2}, "'trial_driver'"),
     ],
-)  # fmt: skip
+)
 def test_more_concurrent_trials_than_resources_is_refused(sweep, res, message):
     with pytest.raises((ConfigError, ServiceError), match=message):
         check_trial_resources(SweepConfig(**sweep), False, res)
-    check_trial_resources(SweepConfig(max_concurrent_trials=2, workers_per_trial=1), False,
-                          {"CPU": 2, "trial_driver": 2})  # fmt: skip
+    check_trial_resources(
+        SweepConfig(max_concurrent_trials=2, workers_per_trial=1),
+        False,
+        {"CPU": 2, "trial_driver": 2},
+    )
     with pytest.raises(ConfigError, match="need 2 GPUs but Ray has 0"):
         check_trial_resources(SweepConfig(max_concurrent_trials=2), True, {"CPU": 8})
 
@@ -159,9 +165,13 @@ def test_every_orphaned_attempt_of_a_trial_is_marked_killed(tmp_path):
 def run_sweep(proj: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = clean_env()
     return subprocess.run(
-        [sys.executable, "-m", "sweeps", *args], cwd=proj, env=env,
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [sys.executable, "-m", "sweeps", *args],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -219,9 +229,13 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(project):
     env = clean_env()
     log = (project / "first.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sweeps", "--name", name], cwd=project, env=env,
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "sweeps", "--name", name],
+        cwd=project,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     try:
         while time.time() < deadline:
@@ -256,8 +270,10 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(project):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("linearizer")
-    parents = client.search_runs([exp.experiment_id], f"tags.`linearizer.sweep` = '{name}' "
-                                 "and tags.`linearizer.role` = 'parent'")  # fmt: skip
+    parents = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`linearizer.sweep` = '{name}' and tags.`linearizer.role` = 'parent'",
+    )
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = client.search_runs(
         [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"
@@ -281,11 +297,23 @@ def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
     # as the README writes it: the loopback prefix, not inherited from this test process
     env = clean_env(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         "--num-cpus=2", '--resources={"trial_driver": 2}'],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            '--resources={"trial_driver": 2}',
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 90
@@ -303,26 +331,47 @@ def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
         heard = listeners([head.pid])
         assert any(x.port == dash for x in heard) and not non_loopback(heard), heard
         request = urllib.request.Request(
-            f"{url}/api/jobs/", method="POST", headers={"Content-Type": "application/json"},
+            f"{url}/api/jobs/",
+            method="POST",
+            headers={"Content-Type": "application/json"},
             data=json.dumps({"entrypoint": "echo pwned"}).encode(),
-        )  # fmt: skip
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code in (401, 403)
         no_token = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", url, "--", "echo", "pwned"],
-            env={**env, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+            env={**env, "RAY_AUTH_MODE": "disabled"},
+            capture_output=True,
+            text=True,
             timeout=60,
-        )  # fmt: skip
+        )
         assert no_token.returncode != 0 and "pwned" not in no_token.stdout
 
         submit = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", ".",
-             "--", sys.executable, "-m", "sweeps", "--root", str(project),
-             "--name", "from-a-job"],
-            cwd=project, env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                url,
+                "--working-dir",
+                ".",
+                "--",
+                sys.executable,
+                "-m",
+                "sweeps",
+                "--root",
+                str(project),
+                "--name",
+                "from-a-job",
+            ],
+            cwd=project,
+            env={**env, "RAY_AUTH_MODE": "token"},
+            capture_output=True,
+            text=True,
             timeout=400,
-        )  # fmt: skip
+        )
         out = submit.stdout + submit.stderr
         assert submit.returncode == 0 and "succeeded" in out, out[-4000:]
         best = yaml.safe_load((project / "results/sweep/best_params.yaml").read_text())

@@ -106,8 +106,9 @@ def test_a_trained_model_inverts_held_out_gaussian_data_to_typical_noise():
     mix = torch.randn(dim, dim) / dim**0.5
     data = torch.randn(6000, dim) @ mix.T * 0.7 + 0.5
     g = CouplingFlow(dim, 2, 32, conditional=True)
-    m = OneStepFlowMatching(g, TimeIsotropicLowRank(dim, 2, hidden=32),
-                            weights=LossWeights.paper(data_likelihood=1.0))  # fmt: skip
+    m = OneStepFlowMatching(
+        g, TimeIsotropicLowRank(dim, 2, hidden=32), weights=LossWeights.paper(data_likelihood=1.0)
+    )
     fit(m, data[:5000], steps=400, batch_size=256, lr=3e-3)
     m.eval().double()
     b = m.collapse(100)

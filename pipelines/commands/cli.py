@@ -49,8 +49,9 @@ def sample(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="linearizer", description=__doc__,
-                                formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="linearizer", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sample", help="draw one-step samples from a trained model")
     s.add_argument("--model", required=True, help="MLflow model URI or path to model.pt")
@@ -58,10 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--out", default="grid.png")
     s.add_argument("--steps", type=int, default=100, help="sampler steps collapsed (local file)")
     s.add_argument("--seed", type=int, default=0)
-    c = sub.add_parser("cluster-check", help="list what the local Ray listens on; exit 1 if "
-                       "anything listens outside loopback, 2 if no Ray runs",
-                       description=cluster_check.__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    c = sub.add_parser(
+        "cluster-check",
+        help="list what the local Ray listens on; exit 1 if "
+        "anything listens outside loopback, 2 if no Ray runs",
+        description=cluster_check.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cluster_check.add_arguments(c)
     args = p.parse_args(argv)
     if args.command == "sample":

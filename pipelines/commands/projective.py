@@ -36,20 +36,37 @@ from pipelines.common.atomic import write_csv, write_json
 from pipelines.common.errors import ConfigError, cli
 from pipelines.training.timed_fit import fit_for
 
-COLUMNS = ("data", "rank", "steps", "idempotency_error", "idempotency_abs_error",
-           "max_abs_output", "g_roundtrip_error_f32", "reconstruction_mse",
-           "reconstruction_psnr", "mmd", "swd", "energy", "frechet_classifier",
-           "data_floor_mmd")  # fmt: skip
+COLUMNS = (
+    "data",
+    "rank",
+    "steps",
+    "idempotency_error",
+    "idempotency_abs_error",
+    "max_abs_output",
+    "g_roundtrip_error_f32",
+    "reconstruction_mse",
+    "reconstruction_psnr",
+    "mmd",
+    "swd",
+    "energy",
+    "frechet_classifier",
+    "data_floor_mmd",
+)
 
 
-def score(p: ProjectiveGenerator, test: torch.Tensor, train: torch.Tensor,
-          labels: np.ndarray) -> tuple[dict[str, float], torch.Tensor]:  # fmt: skip
+def score(
+    p: ProjectiveGenerator, test: torch.Tensor, train: torch.Tensor, labels: np.ndarray
+) -> tuple[dict[str, float], torch.Tensor]:
     """Metrics for a trained projector, and its samples ``f(noise)``."""
     shape = tuple(test.shape[1:])
     gen = torch.Generator().manual_seed(0)
-    any_input = torch.cat([torch.randn(500, *shape, generator=gen),
-                           5 * torch.randn(500, *shape, generator=gen),
-                           torch.rand(500, *shape, generator=gen)]).double()  # fmt: skip
+    any_input = torch.cat(
+        [
+            torch.randn(500, *shape, generator=gen),
+            5 * torch.randn(500, *shape, generator=gen),
+            torch.rand(500, *shape, generator=gen),
+        ]
+    ).double()
     p64 = copy.deepcopy(p).double()
     with torch.no_grad():
         relative = p64.idempotency_error(any_input)  # max|f(f(x)) - f(x)| / max(1, max|f(x)|)
@@ -113,29 +130,45 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dim = math.prod(train.shape[1:])
     bad = [r for r in args.ranks if not 1 <= r <= dim - 1]
     if bad:
-        raise ConfigError(f"--ranks {bad} impossible: a projector of {dim}-D samples needs a "
-                          f"rank in 1..{dim - 1}")  # fmt: skip
+        raise ConfigError(
+            f"--ranks {bad} impossible: a projector of {dim}-D samples needs a rank in 1..{dim - 1}"
+        )
     rows = []
     for rank in args.ranks:
         torch.manual_seed(args.seed)
         model = ProjectiveGenerator.build(
-            tuple(train.shape[1:]), rank, depth=args.depth, hidden=args.hidden, flow=args.flow,
-            seed=args.seed, w_distribution=args.w_distribution,
-        )  # fmt: skip
+            tuple(train.shape[1:]),
+            rank,
+            depth=args.depth,
+            hidden=args.hidden,
+            flow=args.flow,
+            seed=args.seed,
+            w_distribution=args.w_distribution,
+        )
         model.initialize_from(train[:256])
-        steps, seconds = fit_for(model, train, seconds=args.seconds, lr=args.lr,
-                                 batch_size=256, label=f"{args.data} rank {rank}",
-                                 seed=args.seed)  # fmt: skip
+        steps, seconds = fit_for(
+            model,
+            train,
+            seconds=args.seconds,
+            lr=args.lr,
+            batch_size=256,
+            label=f"{args.data} rank {rank}",
+            seed=args.seed,
+        )
         metrics, samples = score(model, test, train, parts["train"].labels)
-        row = {"data": args.data, "rank": rank, "steps": steps, "train_seconds": seconds,
-               **metrics}  # fmt: skip
+        row = {"data": args.data, "rank": rank, "steps": steps, "train_seconds": seconds, **metrics}
         rows.append(row)
         if metrics["g_roundtrip_error_f32"] > 1e-3:
             err = metrics["g_roundtrip_error_f32"]
-            print(f"warning: rank {rank}: g is no longer invertible in float32 (round trip "
-                  f"{err:.3g}); training diverged, lower --lr")  # fmt: skip
-        print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                        for k, v in row.items()))  # fmt: skip
+            print(
+                f"warning: rank {rank}: g is no longer invertible in float32 (round trip "
+                f"{err:.3g}); training diverged, lower --lr"
+            )
+        print(
+            "  ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+            )
+        )
         figures.save_png(
             picture(model, test, samples, f"{args.data}: f = g^-1 P g, rank {rank}"),
             out / f"{args.data}_rank{rank}.png",

@@ -107,10 +107,17 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=32,
         label="styles",
     )
-    rows = [{"style": name, "route": "joint (g + operators)", "steps": steps, "seconds": secs,
-             "psnr": style_psnr(model, held, i, name),
-             "identity_psnr": psnr(held, filters.apply(name, held))}
-            for i, name in enumerate(args.styles)]  # fmt: skip
+    rows = [
+        {
+            "style": name,
+            "route": "joint (g + operators)",
+            "steps": steps,
+            "seconds": secs,
+            "psnr": style_psnr(model, held, i, name),
+            "identity_psnr": psnr(held, filters.apply(name, held)),
+        }
+        for i, name in enumerate(args.styles)
+    ]
 
     # modularity: a new style as a new operator with g frozen, vs a model from scratch
     new = args.new_style
@@ -123,8 +130,15 @@ def main(argv: list[str] | None = None) -> dict:
     steps, secs = fit_for(
         model, targets(train, [new]), seconds=budget, lr=1e-2, batch_size=32, label="new operator"
     )
-    rows.append({"style": new, "route": "new operator, g frozen", "steps": steps,
-                 "seconds": secs, "psnr": style_psnr(model, held, k, new)})  # fmt: skip
+    rows.append(
+        {
+            "style": new,
+            "route": "new operator, g frozen",
+            "steps": steps,
+            "seconds": secs,
+            "psnr": style_psnr(model, held, k, new),
+        }
+    )
     torch.manual_seed(0)
     scratch = StyleTransfer.build(shape, 1, depth=args.depth, hidden=args.hidden)
     scratch.initialize_from(train[:64])
@@ -136,12 +150,21 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=32,
         label="from scratch",
     )
-    rows.append({"style": new, "route": "from scratch (g + operator)", "steps": steps,
-                 "seconds": secs, "psnr": style_psnr(scratch, held, 0, new),
-                 "identity_psnr": psnr(held, filters.apply(new, held))})  # fmt: skip
+    rows.append(
+        {
+            "style": new,
+            "route": "from scratch (g + operator)",
+            "steps": steps,
+            "seconds": secs,
+            "psnr": style_psnr(scratch, held, 0, new),
+            "identity_psnr": psnr(held, filters.apply(new, held)),
+        }
+    )
     for r in rows:
-        print(f"{r['style']:>10}  {r['route']:<28} {r['steps']:>6} steps {r['seconds']:6.1f} s  "
-              f"PSNR {r['psnr']:.2f} dB")  # fmt: skip
+        print(
+            f"{r['style']:>10}  {r['route']:<28} {r['steps']:>6} steps {r['seconds']:6.1f} s  "
+            f"PSNR {r['psnr']:.2f} dB"
+        )
 
     names = [*args.styles, new]
     with torch.no_grad():

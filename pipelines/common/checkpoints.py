@@ -22,8 +22,13 @@ LEGACY = {"operator": "low_rank", "w_one_step_likelihood": 0.0}
 """Values of the keys that checkpoints written before they existed were trained with."""
 
 
-def save(path: str | Path, model: OneStepFlowMatching, cfg: ModelConfig, shape: tuple[int, ...],
-         **extra: Any) -> None:  # fmt: skip
+def save(
+    path: str | Path,
+    model: OneStepFlowMatching,
+    cfg: ModelConfig,
+    shape: tuple[int, ...],
+    **extra: Any,
+) -> None:
     state = {
         "state_dict": model.state_dict(),
         "model_config": dataclasses.asdict(cfg),

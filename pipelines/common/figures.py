@@ -80,8 +80,15 @@ def interpolation(path: np.ndarray, title: str = "") -> Figure:
     return fig
 
 
-def curves(x: list[float], ys: dict[str, list[float]], *, xlabel: str, ylabel: str,
-           log_x: bool = False, title: str = "") -> Figure:  # fmt: skip
+def curves(
+    x: list[float],
+    ys: dict[str, list[float]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+    title: str = "",
+) -> Figure:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for name, y in ys.items():
         ax.plot(x, y, "-o", ms=3, label=name)
@@ -107,8 +114,16 @@ def save_png(fig: Figure, path: str | Path) -> None:
     plt.close(fig)
 
 
-def pareto(x: list[float], y: list[float], front: list[bool], *, xlabel: str, ylabel: str,
-           labels: list[str] | None = None, title: str = "") -> Figure:  # fmt: skip
+def pareto(
+    x: list[float],
+    y: list[float],
+    front: list[bool],
+    *,
+    xlabel: str,
+    ylabel: str,
+    labels: list[str] | None = None,
+    title: str = "",
+) -> Figure:
     """Every trial as a point, the non-dominated ones joined into the Pareto front."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -122,8 +137,14 @@ def pareto(x: list[float], y: list[float], front: list[bool], *, xlabel: str, yl
     return _finish(fig, ax, xlabel, ylabel, title)
 
 
-def projection_arrows(inputs: np.ndarray, projected: np.ndarray, data: np.ndarray,
-                      samples: np.ndarray, *, title: str = "") -> Figure:  # fmt: skip
+def projection_arrows(
+    inputs: np.ndarray,
+    projected: np.ndarray,
+    data: np.ndarray,
+    samples: np.ndarray,
+    *,
+    title: str = "",
+) -> Figure:
     """2-D projector: data (grey), inputs joined to where ``f`` sends them, and ``f(noise)``."""
     fig, axes = plt.subplots(1, 2, figsize=(8, 4))
     for ax in axes:

@@ -146,8 +146,11 @@ def open_train_run(
         changed = sorted(k for k, v in values.items() if old.data.params.get(k, v) != v)
         if changed:
             tags["linearizer.params_changed_on_resume"] = ", ".join(changed)[:5000]
-            print(f"warning: resuming {ray_run} with other values of {', '.join(changed)}; its "
-                  "MLflow params keep the first ones", file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: resuming {ray_run} with other values of {', '.join(changed)}; its "
+                "MLflow params keep the first ones",
+                file=sys.stderr,
+            )
         values = {k: v for k, v in values.items() if k not in old.data.params}
     else:
         run = client.create_run(
@@ -195,8 +198,9 @@ def log_missing_epochs(client: MlflowClient, run_id: str, history: list[dict[str
     """Log the epochs of ``history`` the run lacks (a tracking hiccup during training, or epochs
     trained before the run was tracked live), and only those: no step is logged twice."""
     logged = logged_steps(client, run_id)
-    missing = [m for row in history if int(row["epoch"]) + 1 not in logged
-               for m in epoch_metrics(row)]  # fmt: skip
+    missing = [
+        m for row in history if int(row["epoch"]) + 1 not in logged for m in epoch_metrics(row)
+    ]
     for i in range(0, len(missing), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=missing[i : i + 1000])
     return len(missing)

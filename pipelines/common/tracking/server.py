@@ -15,9 +15,14 @@ from pipelines.common.config import MlflowConfig, output_path
 from pipelines.common.errors import ServiceError
 
 # what the MLflow client reads for a server behind auth; Ray workers on other nodes need them too
-CLIENT_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-              "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
-              "MLFLOW_TRACKING_CLIENT_CERT_PATH")  # fmt: skip
+CLIENT_ENV = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+)
 
 
 def tracking_uri(cfg: MlflowConfig) -> str:
