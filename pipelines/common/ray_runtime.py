@@ -1,7 +1,9 @@
 """Starting or joining Ray, safely: loopback by default, clear errors for bad addresses.
 
-No ``RAY_ADDRESS``: a local one-node Ray in-process, bound to 127.0.0.1. With ``RAY_ADDRESS``
-(or inside ``ray job submit``): join that cluster, and let it decide the resources.
+No ``RAY_ADDRESS``: a local one-node Ray in-process, bound to 127.0.0.1, that every one of its
+processes (this driver, its workers, Ray Train's detached helpers) finds by ``RAY_ADDRESS``
+alone, never by looking for Rays on the machine. With ``RAY_ADDRESS`` (or inside ``ray job
+submit``): join that cluster, and let it decide the resources.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 from pipelines.common import tracking
@@ -31,6 +34,38 @@ for _key, _value in LOOPBACK_ENV.items():
     os.environ.setdefault(_key, _value)
 
 
+# The GCS address that init() put into os.environ["RAY_ADDRESS"] for its local Ray: a later init()
+# in this process, after ray.shutdown(), drops it instead of joining a cluster long gone.
+_exported_address: str | None = None
+
+
+def _own_cluster_hook() -> Callable[[], None]:
+    """A ``worker_process_setup_hook`` that sets ``RAY_ADDRESS`` in each Ray worker to the GCS it
+    is connected to.
+
+    Without it, Ray's State API (``get_address_for_submission_client(None)``, which Ray Train's
+    ``PlacementGroupCleaner`` calls from inside its detached actor every second, and its
+    ``TrainStateActor`` every 30 s) resolves the cluster in
+    ``services.get_ray_address_from_environment``: RAY_ADDRESS, else a psutil scan of every
+    raylet on the machine (``find_gcs_addresses``) and the address file under RAY_TMPDIR; with
+    a second local pipeline running, the scan finds two GCSes and warns "Found multiple active
+    Ray instances ... Connecting to latest cluster" on each call. RAY_TMPDIR keeps the file
+    ours, but nothing but RAY_ADDRESS skips the scan. The GCS port is only known once ray.init()
+    has started the node, after the raylet (whose environment the workers inherit) has started:
+    so each worker sets it itself, as it starts. A nested function, so that Ray pickles it by
+    value: workers run it without importing this module (and torch with it).
+    """
+
+    def pin_own_gcs_address() -> None:
+        import os
+
+        import ray
+
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+    return pin_own_gcs_address
+
+
 def _reachable(address: str, timeout: float = 3.0) -> bool:
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     if not parsed.hostname or not parsed.port:
@@ -50,8 +85,12 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
     """
     import ray
 
+    global _exported_address
     if ray.is_initialized():
         return
+    if _exported_address is not None and os.environ.get("RAY_ADDRESS") == _exported_address:
+        del os.environ["RAY_ADDRESS"]  # ours, for a local Ray since shut down: start a new one
+    _exported_address = None
     address = os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
     if address:
@@ -74,6 +113,9 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
     # one machine, or one after a `ray start` cluster, then never read each other's address
     # file (/tmp/ray/ray_current_cluster), see below.
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="lzr-", dir="/tmp"))
+    # ... and every worker (Ray Train's placement-group cleaner among them) names its own GCS in
+    # RAY_ADDRESS, so that Ray's State API never scans the machine for Rays (_own_cluster_hook)
+    runtime_env["worker_process_setup_hook"] = _own_cluster_hook()
     ray.init(
         address="local",
         num_cpus=num_cpus or os.cpu_count() or 1,
@@ -83,13 +125,17 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
         runtime_env=runtime_env,
         log_to_driver=True,
     )
+    gcs_address = ray.get_runtime_context().gcs_address
     # Ray's State API, which Ray Train's placement-group cleaner calls from inside its actors,
-    # finds the cluster through <RAY_TMPDIR>/ray/ray_current_cluster, and only `ray start`
-    # writes that file: another cluster's address there kills the cleaner, placement groups of
-    # stopped trials leak and the next trial waits forever (STACK.md §9.7).
+    # finds the cluster through <RAY_TMPDIR>/ray/ray_current_cluster when RAY_ADDRESS is unset,
+    # and only `ray start` writes that file: another cluster's address there kills the cleaner,
+    # placement groups of stopped trials leak and the next trial waits forever (STACK.md §9.7).
+    # Ray's CLI (`ray status` with this RAY_TMPDIR) reads it too.
     from ray._private.utils import write_ray_address
 
-    write_ray_address(ray.get_runtime_context().gcs_address)
+    write_ray_address(gcs_address)
+    # this driver, too, then resolves its own Ray without a scan (`ray.util.state` calls here)
+    os.environ["RAY_ADDRESS"] = _exported_address = gcs_address
 
 
 def check_workers(num_workers: int, use_gpu: bool) -> None:
