@@ -1,5 +1,5 @@
 """A small classifier trained here, whose penultimate layer is the feature space of the Fréchet
-distance: FID's idea without downloading Inception weights (DESIGN §5)."""
+distance: FID's idea without downloading Inception weights."""
 
 from __future__ import annotations
 

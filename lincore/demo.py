@@ -4,7 +4,7 @@
 
 1. Teacher–student: a random Linearizer ``f* = h^-1 A* h`` on R^2 (far from linear) makes the
    targets; a fresh Linearizer learns it by plain regression.
-2. On the trained student, in float64, the properties of DESIGN §1 are measured: linearity in the
+2. On the trained student, in float64, the properties of a linear map are measured: linearity in the
    induced spaces, the four Moore–Penrose conditions, composition and projector idempotency.
    Each line prints the error next to what ordinary (pixel-space) algebra would give.
 """

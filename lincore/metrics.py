@@ -1,4 +1,4 @@
-"""Metrics that judge generators, with no downloaded weights (DESIGN §5).
+"""Metrics that judge generators, with no downloaded weights.
 
 Fidelity of the collapse (PSNR, max error), sample quality against held-out data (MMD with a
 multi-scale RBF kernel, sliced Wasserstein, energy distance, Fréchet distance in features of a

@@ -1,4 +1,4 @@
-"""The Linearizer against the definitions of DESIGN §1, in float64, on networks far from identity.
+"""The Linearizer against the definitions of linearity, in float64, on networks far from identity.
 
 Every property is checked in the *induced* spaces (⊕, ⊙, <.,.>_g), never on raw tensors, and a
 guard test shows the same checks fail for ordinary vector operations, so none is vacuous.

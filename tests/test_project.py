@@ -36,7 +36,7 @@ def test_torch_is_pinned_in_the_install_path():
 
 
 def test_readme_api_example_runs():
-    """The DESIGN §6 tour in the README works as shown."""
+    """The tour in the README works as shown."""
     code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)

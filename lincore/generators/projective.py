@@ -5,7 +5,7 @@ and ``g`` is the same bijection on both sides, so ``f(f(x)) = f(x)`` for *every*
 and after training, to float round-off: ``f`` is a projector onto the learned set
 ``S = g^-1(range P)``, an ``r``-dimensional manifold.
 
-Training asks two things (DESIGN §2.2):
+Training asks two things:
 
 - **data are fixed points**: ``|f(x) - x|^2`` on data, i.e. ``g(x)`` lies in ``range P``;
 - **noise lands like data**: every output is ``g^-1(L c)`` with ``c = R^T g(x)`` its ``r``

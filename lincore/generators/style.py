@@ -1,7 +1,7 @@
 """Modular style transfer: one shared invertible network, one linear operator per style.
 
-``f_s(x) = g(.; 0)^-1(A_s g(x; 1))`` with ``A_s`` a depthwise convolution of the latent
-(DESIGN §2.3). Because every style shares ``g``, styles are points of one space of operators:
+``f_s(x) = g(.; 0)^-1(A_s g(x; 1))`` with ``A_s`` a depthwise convolution of the latent.
+Because every style shares ``g``, styles are points of one space of operators:
 
 - swapping ``A_s`` swaps the style;
 - ``α A_1 + (1 - α) A_2`` is a style too, and its output is exactly

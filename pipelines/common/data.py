@@ -1,4 +1,4 @@
-"""Data sets in, Parquet out: the one data contract of the pipeline (DESIGN §3, §4).
+"""Data sets in, Parquet out: the one data contract of the pipeline.
 
 A prepared split is a Parquet file with one row per sample: ``x``, a fixed-size list of float32
 (the flattened sample), and ``label`` (int64, -1 when unlabelled); the schema metadata carries

@@ -81,7 +81,7 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
     """Start (or join) Ray once per process.
 
     The dashboard stays on (127.0.0.1 only): without its State API, Ray Train's placement-group
-    cleaner cannot see a dead controller and leaks resources (STACK.md §9.7).
+    cleaner cannot see a dead controller and leaks resources.
     """
     import ray
 
@@ -129,7 +129,7 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
     # Ray's State API, which Ray Train's placement-group cleaner calls from inside its actors,
     # finds the cluster through <RAY_TMPDIR>/ray/ray_current_cluster when RAY_ADDRESS is unset,
     # and only `ray start` writes that file: another cluster's address there kills the cleaner,
-    # placement groups of stopped trials leak and the next trial waits forever (STACK.md §9.7).
+    # placement groups of stopped trials leak and the next trial waits forever.
     # Ray's CLI (`ray status` with this RAY_TMPDIR) reads it too.
     from ray._private.utils import write_ray_address
 

@@ -15,7 +15,8 @@ from pipelines.training.loop import train_loop_per_worker
 
 
 def unique_run_name(prefix: str = "train") -> str:
-    """A fresh Ray run name: a reused one would silently resume an old run (STACK.md §9.3)."""
+    """A fresh Ray run name: a reused one would silently resume an old run (Ray Train continues
+    any run whose name already exists under its storage path)."""
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
