@@ -33,12 +33,16 @@ from sweeps.mlflow_runs import PARENT_TAG, ROLE_TAG, attempt_logger, close_orpha
 from sweeps.results import summarise
 from sweeps.search import check_trial_resources, fit
 
+SECTIONS = ("data", "model", "train", "evaluate", "mlflow", "sweep")
+"""The params.yaml sections the sweep reads: ``data`` only to log it on the parent run, of
+``evaluate`` only ``steps`` (the keys dvc.yaml's ``params`` name for it)."""
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--params", default=str(config_mod.ROOT / "params.yaml"))
-    p.add_argument("--data", default="data/prepared")
-    p.add_argument("--out", default="results/sweep")
+    p.add_argument("--params", default=str(config_mod.PARAMS_FILE))
+    p.add_argument("--data", default=config_mod.PREPARED)
+    p.add_argument("--out", default=config_mod.SWEEP_RESULTS)
     p.add_argument("--num-samples", type=int, help="override sweep.num_samples")
     p.add_argument("--max-epochs", type=int, help="override sweep.max_epochs")
     p.add_argument("--objectives", choices=("single", "pareto"), help="override sweep.objectives")
@@ -57,9 +61,10 @@ def with_overrides(cfg: config_mod.Config, args: argparse.Namespace) -> config_m
     sweep = dataclasses.replace(cfg.sweep, **{k: v for k, v in changes.items() if v is not None})
     return config_mod.parse(
         {
-            **{f.name: dataclasses.asdict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)},
+            **{name: dataclasses.asdict(getattr(cfg, name)) for name in cfg.loaded_sections},
             "sweep": dataclasses.asdict(sweep),
-        }
+        },
+        cfg.loaded_sections,
     )  # re-validated: flags get the checks params.yaml gets
 
 
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         os.environ["LINEARIZER_ROOT"] = str(root)
     if args.name and args.resume:
         raise ConfigError("give --name for a new sweep or --resume for an old one, not both")
-    cfg = with_overrides(config_mod.load(args.params), args)
+    cfg = with_overrides(config_mod.load(args.params, SECTIONS), args)
     s = cfg.sweep
     data_dir, out = config_mod.resolve(args.data), config_mod.output_path(args.out, "--out")
     train_path, val_path = data_dir / "train.parquet", data_dir / "val.parquet"

@@ -12,6 +12,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from pipelines.common import fault_injection
 from pipelines.common.config import Config, apply_trial
 from pipelines.training.driver import loop_config
 from pipelines.training.driver import run as run_training
@@ -37,9 +38,12 @@ def run_trial(
     params: dict[str, Any], *, base: Config, train_path: str, val_path: str, storage: str
 ) -> None:
     """Ray Tune's trainable. A restored trial resumes: Tune hands back its checkpoint (in
-    process) or the Ray Train run of the same name picks up its own (``train-<trial id>``)."""
+    process) or the Ray Train run of the same name picks up its own (``train-<trial id>``).
+    A trial runs in a process of its own: it installs the fault hooks ``LINEARIZER_FAULT`` asks
+    for."""
     from ray import tune
 
+    fault_injection.install()
     cfg = trial_config(base, params, Path(storage))
     if cfg.train.num_workers == 0:
         config = loop_config(cfg, Path(train_path), Path(val_path))

@@ -1,62 +1,116 @@
-"""Two gloo ranks train one Linearizer under DDP: replicas must stay identical (STYLE G12)."""
+"""The project's own DDP: two gloo workers of a Ray Train ``TorchTrainer`` on a local Ray run the
+one training loop (``fit_epochs``) with the project's ``RayTrainSession`` on the project's model.
+The replicas see different data and must still end bit for bit identical, and trained (STYLE
+G12); with ``prepare_model`` replaced by the identity (no DDP) they diverge and this fails."""
 
 from __future__ import annotations
 
+import shutil
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from torch import nn
 
-from lincore import CouplingFlow, Dense, Linearizer
+from pipelines.common import ray_runtime
+from pipelines.common.config import parse
+from pipelines.training.driver import loop_config
+from pipelines.training.loop import fit_epochs
+from pipelines.training.session import RayTrainSession
+
+WORLD, EPOCHS = 2, 2
 
 
-class RegressionObjective(nn.Module):
-    """Every direction (g_x, A, g_y^-1) and the loss run inside one ``forward`` (G12)."""
+class RecordingSession(RayTrainSession):
+    """``RayTrainSession`` that also saves this rank's weights to ``folder``: as built (before
+    ``prepare`` wraps the model) and after each epoch's report, with the rank's metrics."""
 
-    def __init__(self, f: Linearizer) -> None:
+    def __init__(self, folder: str) -> None:
         super().__init__()
-        self.f = f
+        self.folder = Path(folder)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (self.f(x) - y).square().mean()
+    def prepare(self, loader: Any, model: torch.nn.Module) -> tuple[Any, Any]:
+        self.model = model  # the module DDP wraps: the weights this rank trains
+        self.parameters = [name for name, _ in model.named_parameters()]
+        self._save("init", {})
+        return super().prepare(loader, model)
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        super().report(metrics, state)
+        self._save(f"epoch{int(metrics['epoch'])}", metrics)
+
+    def _save(self, name: str, metrics: dict[str, float]) -> None:
+        record = {
+            "world": self.world,
+            "metrics": metrics,
+            "parameters": self.parameters,
+            "state": self.model.state_dict(),
+        }
+        torch.save(record, self.folder / f"{name}-rank{self.rank}.pt")
 
 
-def _worker(rank: int, world: int, folder: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world
-    )
-    torch.manual_seed(0)  # same architecture on every rank ...
-    f = Linearizer(CouplingFlow(3, 3, 16, actnorm=True), Dense(3, 3))
-    gen = torch.Generator().manual_seed(100 + rank)  # ... but different data per rank
-    f.g_x.initialize_from(torch.randn(64, 3, generator=gen) * (1 + rank))
-    model = nn.parallel.DistributedDataParallel(RegressionObjective(f))  # broadcasts rank 0
-    torch.save(f.state_dict(), f"{folder}/init{rank}.pt")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(5):
-        x = torch.randn(32, 3, generator=gen)
-        loss = model(x, torch.tanh(x) * 2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    torch.save(f.state_dict(), f"{folder}/final{rank}.pt")
-    dist.destroy_process_group()
+def per_worker(config: dict[str, Any]) -> None:
+    fit_epochs(config, RecordingSession(config["record_to"]))
+
+
+@pytest.fixture
+def local_ray(monkeypatch):
+    """A local 2-CPU Ray in this process, in a temp folder of its own; shut down afterwards."""
+    import ray  # after ray_runtime (module top), which keeps Ray on loopback
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    tmp = tempfile.mkdtemp(prefix="lzr-", dir="/tmp")  # short: Ray's socket paths
+    monkeypatch.setenv("RAY_TMPDIR", tmp)
+    ray_runtime.init(num_cpus=WORLD, dashboard=False)  # no State API needed: Ray ends here
+    # the workers import pipelines (PYTHONPATH), not this test file: ship its code by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_ddp_replicas_stay_identical(tmp_path: Path):
-    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
-    load = lambda name: torch.load(tmp_path / name, weights_only=True)  # noqa: E731
-    init0, init1, final0, final1 = (
-        load(n) for n in ("init0.pt", "init1.pt", "final0.pt", "final1.pt")
+def test_ddp_replicas_of_the_training_loop_stay_identical(moons, tmp_path, local_ray):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = parse(
+        {
+            "model": {"rank": 2, "depth": 2, "hidden": 16, "operator_hidden": 16},
+            "train": {"epochs": EPOCHS, "batch_size": 64, "num_workers": WORLD},
+            "evaluate": {"steps": 10},
+        }
     )
-    assert bool(final0["g_x.body.blocks.0.initialized"])
-    moved = 0.0
-    for key in final0:
-        torch.testing.assert_close(init0[key], init1[key], atol=0, rtol=0)  # broadcast at wrap
-        torch.testing.assert_close(final0[key], final1[key], atol=1e-6, rtol=0)
-        if final0[key].is_floating_point():
-            moved = max(moved, float((final0[key] - init0[key]).abs().max()))
-    assert moved > 1e-3, "training did not change the parameters"
+    config = loop_config(cfg, moons / "train.parquet", moons / "val.parquet")
+    records = tmp_path / "records"
+    records.mkdir()
+    trainer = TorchTrainer(
+        per_worker,
+        train_loop_config={**config, "record_to": str(records)},
+        scaling_config=ray.train.ScalingConfig(num_workers=WORLD, use_gpu=False),
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=ray.train.RunConfig(name="ddp", storage_path=str(tmp_path / "ray")),
+    )
+    trainer.fit()
+
+    def load(name: str) -> dict[str, Any]:
+        return torch.load(records / f"{name}.pt", weights_only=False)
+
+    init = [load(f"init-rank{r}") for r in range(WORLD)]
+    final = [load(f"epoch{EPOCHS - 1}-rank{r}") for r in range(WORLD)]
+    assert all(rec["world"] == WORLD for rec in final)
+    # each rank trained on its own shard with its own noise (different losses) ...
+    first = [load(f"epoch0-rank{r}")["metrics"]["train_loss"] for r in range(WORLD)]
+    assert first[0] != first[1]
+    # ... yet DDP averaged the gradients: the replicas are the same weights, bit for bit
+    assert final[0]["state"].keys() == final[1]["state"].keys() == init[0]["state"].keys()
+    for key, weights in final[0]["state"].items():
+        assert torch.equal(weights, final[1]["state"][key]), f"replicas differ in {key}"
+    # and they trained: every parameter moved from the weights it was built with
+    assert init[0]["parameters"]
+    for key in init[0]["parameters"]:
+        assert torch.equal(init[0]["state"][key], init[1]["state"][key]), key  # built alike
+        assert not torch.equal(final[0]["state"][key], init[0]["state"][key]), f"{key} untrained"

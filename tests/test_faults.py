@@ -1,6 +1,9 @@
 """Faults injected on this machine: numerical blow-ups, a resumed run retracing an undisturbed
 one, a stage killed mid-write, a crashed sweep trial retried, a killed training driver resumed,
-and (slow) a training worker killed mid-training on a two-node cluster."""
+and (slow) a training worker killed mid-training on a two-node cluster.
+
+Faults come through ``LINEARIZER_FAULT`` and the hooks ``fault_injection.install()`` puts on the
+two seams (``hooks.BEFORE_REPLACE``, ``hooks.EPOCH_END``), as in the real entry points."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import pytest
 import torch
 from test_pipeline_e2e import BIN, clean_env, copy_project, sh
 
+from pipelines.common import atomic, fault_injection, hooks
 from pipelines.common.config import parse
 from pipelines.common.fault_injection import InjectedFault
 from pipelines.training.driver import loop_config
@@ -46,12 +50,69 @@ class FakeSession:
 
 
 def moons_config(moons: Path, epochs: int = 3, **train: Any) -> dict[str, Any]:
-    cfg = parse({
-        "model": {"rank": 2, "depth": 2, "hidden": 16, "operator_hidden": 16},
-        "train": {"epochs": epochs, "batch_size": 64, **train},
-        "evaluate": {"steps": 10},
-    })  # fmt: skip
+    cfg = parse(
+        {
+            "model": {"rank": 2, "depth": 2, "hidden": 16, "operator_hidden": 16},
+            "train": {"epochs": epochs, "batch_size": 64, **train},
+            "evaluate": {"steps": 10},
+        }
+    )
     return loop_config(cfg, moons / "train.parquet", moons / "val.parquet")
+
+
+@pytest.fixture
+def fault(tmp_path, monkeypatch):
+    """``fault("epoch:1")``: ``LINEARIZER_FAULT`` set and installed in this process, as an entry
+    point does, on hook lists of this test's own (restored afterwards)."""
+    monkeypatch.setattr(hooks, "BEFORE_REPLACE", [])
+    monkeypatch.setattr(hooks, "EPOCH_END", [])
+    monkeypatch.setenv("LINEARIZER_FAULT_DIR", str(tmp_path / "faults"))
+
+    def set_fault(spec: str) -> None:
+        monkeypatch.setenv("LINEARIZER_FAULT", spec)
+        fault_injection.install()
+
+    yield set_fault
+    monkeypatch.delenv("LINEARIZER_FAULT")
+    fault_injection.install()  # unregisters the hooks
+
+
+def test_fault_injection_is_inert_unless_asked_and_installs_once(fault, monkeypatch):
+    monkeypatch.delenv("LINEARIZER_FAULT", raising=False)
+    fault_injection.install()
+    assert hooks.BEFORE_REPLACE == [] and hooks.EPOCH_END == []
+    fault("epoch:1")
+    fault_injection.install()  # a second entry point in the same process (a reused actor)
+    assert len(hooks.EPOCH_END) == 1 and hooks.BEFORE_REPLACE == []
+    hooks.EPOCH_END[0](0)  # another epoch: nothing
+    with pytest.raises(InjectedFault, match="injected fault at epoch 1"):
+        hooks.EPOCH_END[0](1)
+    hooks.EPOCH_END[0](1)  # fired once: a retry runs clean
+    fault("write:stats.json")
+    assert hooks.EPOCH_END == [] and len(hooks.BEFORE_REPLACE) == 1
+    monkeypatch.setenv("LINEARIZER_FAULT", "epochs:1")  # a typo must not pass silently
+    with pytest.raises(ValueError, match="expected epoch:<n> or write:<file name>"):
+        fault_injection.install()
+
+
+def test_a_write_interrupted_before_the_replace_leaves_the_previous_file(tmp_path, monkeypatch):
+    """``BEFORE_REPLACE`` runs once the temporary file is complete; anything that stops the
+    writer there leaves the target exactly as it was."""
+    target = atomic.write_json(tmp_path / "stats.json", {"rows": 600})
+    before = target.read_text()
+    seen = []
+
+    def interrupt(path: Path) -> None:
+        (tmp,) = tmp_path.glob(".stats.json.*.tmp")
+        seen.append((path, json.loads(tmp.read_text())))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hooks, "BEFORE_REPLACE", [interrupt])
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_json(target, {"rows": 700})
+    assert seen == [(target, {"rows": 700})]  # the hook saw the whole new file ...
+    assert target.read_text() == before  # ... and the target is still the old one
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step_and_the_fix(moons):
@@ -70,15 +131,14 @@ def test_a_network_no_longer_invertible_in_float32_stops_the_run(moons):
     assert session.reports == []  # nothing reported from the broken epoch
 
 
-def test_a_resumed_run_retraces_an_undisturbed_one(moons, tmp_path, monkeypatch):
+def test_a_resumed_run_retraces_an_undisturbed_one(moons, fault):
     """Each epoch's randomness (and learning rate) depends on (seed, rank, epoch, step) only: a
     3-epoch run crashing after epoch 2, resumed from its checkpoint, ends bit for bit where
     3 epochs straight do."""
     straight = FakeSession()
     fit_epochs(moons_config(moons, 3), straight)
     first = FakeSession()
-    monkeypatch.setenv("LINEARIZER_FAULT", "epoch:1")
-    monkeypatch.setenv("LINEARIZER_FAULT_DIR", str(tmp_path))
+    fault("epoch:1")
     with pytest.raises(InjectedFault, match="injected fault at epoch 1"):
         fit_epochs(moons_config(moons, 3), first)
     assert [r["epoch"] for r in first.reports] == [0, 1]
@@ -98,33 +158,66 @@ def project(tmp_path) -> Path:
     proj.mkdir()
     copy_project(proj)
     (proj / "params.yaml").write_text(
-        "data: {name: moons, n_samples: 600}\n"
+        "data: {name: moons, n_samples: 600, path: data/raw}\n"  # dvc.yaml: ${data.path}
         "model: {rank: 2, depth: 2, hidden: 16, operator_hidden: 16}\n"
         "train: {epochs: 4, batch_size: 64}\nevaluate: {steps: 10}\n"
     )
     return proj
 
 
+def test_a_stage_killed_mid_write_leaves_the_previous_file_whole(tmp_path):
+    """The atomic writer's guarantee, through a real entry point (``errors.cli`` installs the
+    fault): SIGKILLed between writing ``stats.json``'s temporary file and the rename, the stage
+    leaves the previous ``stats.json`` exactly as it was, next to its complete temporary file."""
+    out = tmp_path / "prepared"
+
+    def prepare(n_samples: int, **env: str) -> subprocess.CompletedProcess:
+        params = tmp_path / "params.yaml"
+        params.write_text(f"data: {{name: moons, n_samples: {n_samples}}}\n")
+        cmd = [str(BIN / "python"), "-m", "pipelines.stages.prepare"]
+        cmd += ["--params", str(params), "--out", str(out)]
+        return subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=clean_env(**env)
+        )
+
+    assert prepare(600).returncode == 0
+    before = (out / "stats.json").read_text()
+    killed = prepare(
+        700, LINEARIZER_FAULT="write:stats.json", LINEARIZER_FAULT_DIR=str(tmp_path / "faults")
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (out / "stats.json").read_text() == before  # the old file, byte for byte
+    (tmp,) = out.glob(".stats.json.*.tmp")  # the new one, complete, never renamed
+    assert sum(json.loads(tmp.read_text())["rows"].values()) == 700
+    assert sum(pq.read_metadata(part).num_rows for part in out.glob("*.parquet")) == 700
+    assert prepare(700).returncode == 0  # a rerun replaces it and clears the leftover
+    assert sum(json.loads((out / "stats.json").read_text())["rows"].values()) == 700
+    assert not list(out.glob(".*.tmp"))
+
+
 @pytest.mark.slow
 def test_a_stage_killed_mid_write_leaves_no_half_written_output_and_reruns(project, tmp_path):
     dvc = str(BIN / "dvc")
     sh([dvc, "repro", "prepare"], project, timeout=120)
-    before = (project / "data/prepared/stats.json").read_text()
     params = (project / "params.yaml").read_text().replace("n_samples: 600", "n_samples: 700")
     (project / "params.yaml").write_text(params)
     killed = subprocess.run(
-        [dvc, "repro", "prepare"], cwd=project, capture_output=True, text=True, timeout=120,
-        env=clean_env(LINEARIZER_FAULT="write:stats.json",
-                            LINEARIZER_FAULT_DIR=str(tmp_path)),
-    )  # fmt: skip
+        [dvc, "repro", "prepare"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(LINEARIZER_FAULT="write:stats.json", LINEARIZER_FAULT_DIR=str(tmp_path)),
+    )
     assert killed.returncode != 0  # SIGKILLed after writing the temporary file
     folder = project / "data/prepared"
-    assert list(folder.glob(".stats.json.*.tmp"))  # the kill left its temporary file ...
-    assert not (folder / "stats.json").exists() or (folder / "stats.json").read_text() in (
-        before,
-        (folder / "stats.json").read_text(),
-    )
-    for part in folder.glob("*.parquet"):  # ... but every visible output is whole
+    # DVC removes a stage's outputs before it runs the stage, so no old stats.json is left to
+    # keep (the test above checks that one outside DVC); the killed writer never renamed its
+    # complete temporary file, so there is no stats.json at all, never a partial one
+    assert not (folder / "stats.json").exists()
+    (tmp,) = folder.glob(".stats.json.*.tmp")
+    assert sum(json.loads(tmp.read_text())["rows"].values()) == 700
+    for part in folder.glob("*.parquet"):  # every visible output is whole
         pq.read_table(part)
     status = sh([dvc, "status", "prepare"], project, timeout=60).stdout
     assert "changed" in status  # DVC knows the stage did not finish
@@ -140,21 +233,34 @@ def test_a_killed_training_driver_resumes_without_retraining_finished_epochs(pro
     sh([str(BIN / "python"), "-m", "pipelines.stages.prepare"], project, timeout=120)
     log = tmp_path / "train.log"
     proc = subprocess.Popen(
-        [str(BIN / "python"), "-u", "-m", "pipelines.stages.train"], cwd=project, env=clean_env(),
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [str(BIN / "python"), "-u", "-m", "pipelines.stages.train"],
+        cwd=project,
+        env=clean_env(),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 180
     try:
-        while "epoch 2/4" not in log.read_text():
+        # killed after epoch 3 is printed: the epoch-1 and epoch-2 checkpoints were reported
+        # (and registered by Ray Train's controller) an epoch or more before, even on a loaded
+        # machine; killing right at "epoch 2/4" sometimes beat the first registration
+        while "epoch 3/4" not in log.read_text():
             assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    name = next(ln.split()[1].rstrip(":") for ln in log.read_text().splitlines()
-                if ln.startswith("training "))  # fmt: skip
-    resumed = sh([str(BIN / "python"), "-m", "pipelines.stages.train", "--resume", name], project,
-                 timeout=300)  # fmt: skip
+    name = next(
+        ln.split()[1].rstrip(":")
+        for ln in log.read_text().splitlines()
+        if ln.startswith("training ")
+    )
+    resumed = sh(
+        [str(BIN / "python"), "-m", "pipelines.stages.train", "--resume", name],
+        project,
+        timeout=300,
+    )
     out = resumed.stdout + resumed.stderr
     assert "epoch 1/4" not in out and "epoch 4/4" in out  # finished epochs were not retrained
     summary = json.loads((project / "models/summary.json").read_text())
@@ -185,10 +291,13 @@ def test_a_crashed_sweep_trial_is_retried_and_its_failed_attempt_recorded(projec
     )
     sh([str(BIN / "python"), "-m", "pipelines.stages.prepare"], project, timeout=120)
     r = subprocess.run(
-        [str(BIN / "python"), "-m", "sweeps", "--name", "retry"], cwd=project,
-        capture_output=True, text=True, timeout=300,
+        [str(BIN / "python"), "-m", "sweeps", "--name", "retry"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=clean_env(LINEARIZER_FAULT="epoch:0", LINEARIZER_FAULT_DIR=str(tmp_path)),
-    )  # fmt: skip
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "injected fault at epoch 0" in r.stdout + r.stderr
     table = pq.read_table(project / "results/sweep/trials.parquet").to_pylist()
@@ -206,11 +315,9 @@ def test_a_crashed_sweep_trial_is_retried_and_its_failed_attempt_recorded(projec
 @pytest.mark.slow
 def test_a_killed_training_worker_costs_one_checkpoint_interval_not_the_run(tmp_path):
     out = tmp_path / "faults.json"
-    r = subprocess.run(
-        [str(BIN / "python"), "-m", "benchmarks.faults", "--epochs", "4", "--kill-after", "1",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=500, env=clean_env(),
-    )  # fmt: skip
+    cmd = [str(BIN / "python"), "-m", "benchmarks.faults"]
+    cmd += ["--epochs", "4", "--kill-after", "1", "--json", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=500, env=clean_env())
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     result = json.loads(out.read_text())
     assert result["disturbed"]["killed"] and not result["clean"]["killed"]
@@ -219,9 +326,7 @@ def test_a_killed_training_worker_costs_one_checkpoint_interval_not_the_run(tmp_
 
 
 def test_atomic_outputs_get_the_usual_file_mode(tmp_path):
-    from pipelines.common.atomic import write_json
-
-    path = write_json(tmp_path / "out.json", {"a": 1})
+    path = atomic.write_json(tmp_path / "out.json", {"a": 1})
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600

@@ -42,7 +42,7 @@ def test_the_shipped_params_file_is_valid():
         ({"train": {"lr": -1}}, "train.lr must be > 0"),
         ({"train": {"num_workers": -1}}, "train.num_workers must be >= 0"),
         ({"data": {"name": "mnist"}}, "data.name 'mnist' is unknown; allowed: digits"),
-        ({"data": {"name": "path"}}, "set data.path"),
+        ({"data": {"name": "path", "path": ""}}, "set data.path"),
         ({"model": {"depth": 0}}, "model.depth must be >= 1"),
         ({"model": {"flow": "glow"}}, "model.flow must be coupling or image"),
         ({"sweep": {"space": {}}}, "sweep.space must be a non-empty mapping"),
@@ -211,10 +211,10 @@ def run_stage(*args, env=None, cwd=ROOT):
 
 def test_stage_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text("model:\n  rnak: 3\n")
+    params.write_text("data:\n  nmae: moons\n")  # prepare reads (and checks) only data
     r = run_stage("pipelines.stages.prepare", "--params", str(params), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "unknown key 'model.rnak'" in r.stderr
+    assert "unknown key 'data.nmae'" in r.stderr
     params.write_text("train:\n  epochs: 1\n")
     r = run_stage(
         "pipelines.stages.train",
@@ -267,7 +267,8 @@ def test_the_local_ray_node_stays_on_loopback_and_is_the_one_ray_tools_find():
     shared.parent.mkdir(parents=True, exist_ok=True)
     shared.write_text("127.0.0.1:1")  # a cluster long gone
     code = (
-        "from pipelines import ray_runtime; ray_runtime.init(dashboard=False); import ray, os; "
+        "from pipelines.common import ray_runtime; ray_runtime.init(dashboard=False); "
+        "import ray, os; "
         "from ray._common.utils import get_ray_address_file as f; "
         "print('node', ray.util.get_node_ip_address()); "
         "print('gcs', ray.get_runtime_context().gcs_address); "

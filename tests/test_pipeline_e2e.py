@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 TINY = """\
-data: {name: moons, n_samples: 600}
+data: {name: moons, n_samples: 600, path: data/raw}  # dvc.yaml: ${data.path}
 model: {rank: 2, depth: 2, hidden: 16, operator_hidden: 16}
 train: {epochs: 2, batch_size: 64, num_workers: 2}
 evaluate: {steps: 20, grid: 16}
+mlflow: {}  # the defaults; DVC needs every section a stage declares in params.yaml
 sweep:
   num_samples: 3
   max_epochs: 2

@@ -1,6 +1,11 @@
 """Atomic file writes: a temporary file in the same folder, then ``os.replace``.
 
-An interrupted stage leaves the previous output intact, never a half-written one.
+An interrupted stage leaves the previous output intact, never a half-written one: a reader sees
+the old file or the new one, whole (a killed writer leaves only its ``.<name>.*.tmp`` file, which
+the next write to that path removes).
+
+``hooks.BEFORE_REPLACE`` is the one seam for the fault tests (``fault_injection`` installs a hook
+there that SIGKILLs the writer); nothing in this module knows about faults.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.common.fault_injection import maybe_fail
+from pipelines.common import hooks
 
 
 def _umask() -> int:
@@ -35,7 +40,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual mode
-        maybe_fail("write", target.name)
+        for hook in hooks.BEFORE_REPLACE:
+            hook(target)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

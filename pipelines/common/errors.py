@@ -1,13 +1,16 @@
 """User-facing errors: one clear line naming the problem and the fix, exit status 2.
 
 Stage entry points run through ``cli``, which turns these (and only these) into a message on
-stderr; anything else is a bug and keeps its traceback.
+stderr; anything else is a bug and keeps its traceback. ``cli`` is also where a stage or command
+process installs the fault hooks ``LINEARIZER_FAULT`` asks for (``fault_injection.install``).
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+
+from pipelines.common import fault_injection
 
 
 class LinearizerError(Exception):
@@ -27,9 +30,11 @@ class ServiceError(LinearizerError):
 
 
 def cli(main: Callable[[list[str] | None], object]) -> Callable[[list[str] | None], None]:
-    """Wrap a stage's ``main(argv)``: user errors print ``error: ...`` and exit 2."""
+    """Wrap a stage's ``main(argv)``: user errors print ``error: ...`` and exit 2. The process
+    entry point of every stage and command, so it also runs ``fault_injection.install()``."""
 
     def run(argv: list[str] | None = None) -> None:
+        fault_injection.install()
         try:
             main(argv)
         except LinearizerError as err:

@@ -37,6 +37,8 @@ from pipelines.common.atomic import write_csv, write_json
 from pipelines.common.data import read_split
 from pipelines.common.errors import DataError, cli
 
+SECTIONS = ("evaluate", "mlflow")
+"""The params.yaml sections this stage reads (dvc.yaml's ``params`` for it)."""
 STEP_GRID = (2, 5, 10, 20, 50, 100)
 
 
@@ -103,18 +105,24 @@ def evaluate(
         else:
             one_t = model.sample_one_step(x64, model.collapse(t, "euler"))
             multi_t = model.sample(x64, t, "euler")
-        rows.append({
-            "steps": t,
-            "psnr_one_vs_multi": min(psnr(one_t, multi_t, data_range=rng), 400.0),
-            "mmd_one_step": mmd(one_t.float(), ref),
-        })  # fmt: skip
+        rows.append(
+            {
+                "steps": t,
+                "psnr_one_vs_multi": min(psnr(one_t, multi_t, data_range=rng), 400.0),
+                "mmd_one_step": mmd(one_t.float(), ref),
+            }
+        )
     model.float()
     metrics["g_roundtrip_error_f32"] = model.roundtrip_error(xt)
     samples = model.sample_one_step(x0, b["euler"])
-    metrics |= {"mmd": mmd(samples, ref), "swd": sliced_wasserstein(samples, ref),
-                "energy": energy_distance(samples, ref), "interpolation_mmd": mmd(mid, ref),
-                "samples_outside_range": outside_range(samples, lo, hi),
-                "interpolation_outside_range": outside_range(mid, lo, hi)}  # fmt: skip
+    metrics |= {
+        "mmd": mmd(samples, ref),
+        "swd": sliced_wasserstein(samples, ref),
+        "energy": energy_distance(samples, ref),
+        "interpolation_mmd": mmd(mid, ref),
+        "samples_outside_range": outside_range(samples, lo, hi),
+        "interpolation_outside_range": outside_range(mid, lo, hi),
+    }
     if (labels >= 0).all() and len(np.unique(labels)) > 1:
         clf = fit_classifier(torch.from_numpy(train), torch.from_numpy(labels), steps=800)
         metrics["frechet_classifier"] = frechet_distance(clf.features(samples), clf.features(ref))
@@ -123,8 +131,11 @@ def evaluate(
         )
     one_s = median_seconds(lambda: model.sample_one_step(x0, b["euler"]), 5)
     multi_s = median_seconds(lambda: model.sample(x0, steps, "euler"), 1)
-    metrics |= {"samples_per_s_one_step": n / one_s, "samples_per_s_multi_step": n / multi_s,
-                "speedup_one_vs_multi": multi_s / one_s}  # fmt: skip
+    metrics |= {
+        "samples_per_s_one_step": n / one_s,
+        "samples_per_s_multi_step": n / multi_s,
+        "speedup_one_vs_multi": multi_s / one_s,
+    }
 
     alphas = torch.linspace(0, 1, 9)
     path = model.interpolate(xt[:4], xt[4:8], alphas, b["euler"])
@@ -143,13 +154,13 @@ def midpoints(model: torch.nn.Module, pool: torch.Tensor, n: int, b: object) -> 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--params", default=str(config_mod.ROOT / "params.yaml"))
-    p.add_argument("--data", default="data/prepared")
-    p.add_argument("--model", default="models")
-    p.add_argument("--metrics", default="metrics.json")
-    p.add_argument("--plots", default="plots")
+    p.add_argument("--params", default=str(config_mod.PARAMS_FILE))
+    p.add_argument("--data", default=config_mod.PREPARED)
+    p.add_argument("--model", default=config_mod.MODELS)
+    p.add_argument("--metrics", default=config_mod.METRICS)
+    p.add_argument("--plots", default=config_mod.PLOTS)
     args = p.parse_args(argv)
-    cfg = config_mod.load(args.params)
+    cfg = config_mod.load(args.params, SECTIONS)
     data_dir, model_dir = (config_mod.resolve(a) for a in (args.data, args.model))
     plots = config_mod.output_path(args.plots, "--plots")
     test, _, meta = read_split(data_dir / "test.parquet")
@@ -161,9 +172,14 @@ def main(argv: list[str] | None = None) -> dict:
     summary = json.loads(summary_path.read_text())
 
     metrics, rows, images = evaluate(
-        model, test, train, labels, cfg.evaluate.steps, cfg.evaluate.n_samples,
+        model,
+        test,
+        train,
+        labels,
+        cfg.evaluate.steps,
+        cfg.evaluate.n_samples,
         bins=int(meta.get("bins", 0)),
-    )  # fmt: skip
+    )
     shape = tuple(meta["shape"])
     grid = images["samples"][: cfg.evaluate.grid] if len(shape) > 1 else images["samples"]
     figs = {
@@ -187,8 +203,9 @@ def main(argv: list[str] | None = None) -> dict:
     with mlflow.start_run(run_id=summary["mlflow_run_id"]):
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if math.isfinite(v)})
         for row in rows:
-            mlflow.log_metric("test_psnr_one_vs_multi_by_steps", row["psnr_one_vs_multi"],
-                              step=row["steps"])  # fmt: skip
+            mlflow.log_metric(
+                "test_psnr_one_vs_multi_by_steps", row["psnr_one_vs_multi"], step=row["steps"]
+            )
         for name, fig in figs.items():
             mlflow.log_figure(fig, f"evaluate/{name}")
     for name, fig in figs.items():

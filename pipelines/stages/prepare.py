@@ -16,13 +16,16 @@ from pipelines.common import data
 from pipelines.common.atomic import write_json
 from pipelines.common.errors import cli
 
+SECTIONS = ("data",)
+"""The params.yaml sections this stage reads (dvc.yaml's ``params`` for it)."""
+
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--params", default=str(config_mod.ROOT / "params.yaml"))
-    p.add_argument("--out", default="data/prepared")
+    p.add_argument("--params", default=str(config_mod.PARAMS_FILE))
+    p.add_argument("--out", default=config_mod.PREPARED)
     args = p.parse_args(argv)
-    cfg = config_mod.load(args.params)
+    cfg = config_mod.load(args.params, SECTIONS)
     out = config_mod.output_path(args.out, "--out")
     ds = data.build(cfg.data)
     splits = data.split(ds, cfg.data)
@@ -31,9 +34,14 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     sizes = {name: len(part.x) for name, part in splits.items()}
     write_json(
         out / "stats.json",
-        {"source": ds.source, "shape": list(ds.shape), "rows": sizes,
-         "mean": float(ds.x.mean()), "std": float(ds.x.std())},
-    )  # fmt: skip
+        {
+            "source": ds.source,
+            "shape": list(ds.shape),
+            "rows": sizes,
+            "mean": float(ds.x.mean()),
+            "std": float(ds.x.std()),
+        },
+    )
     print(f"prepared {ds.source}: shape {ds.shape}, rows {sizes} -> {out}")
     return sizes
 

@@ -27,8 +27,17 @@ from pipelines.training.driver import run as run_training
 from pipelines.training.driver import unique_run_name
 from pipelines.training.state import final_weights, load_result_state
 
-LOSS_COLUMNS = ("epoch", "train_loss", "val_loss", "val_mmd", "val_inversion_energy",
-                "roundtrip_error")  # fmt: skip
+SECTIONS = ("data", "model", "train", "evaluate", "mlflow")
+"""The params.yaml sections this stage reads; of ``evaluate`` only ``steps`` and ``grid`` (the
+keys dvc.yaml's ``params`` name for it)."""
+LOSS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_mmd",
+    "val_inversion_energy",
+    "roundtrip_error",
+)
 
 
 def check_rank(rank: int, shape: tuple[int, ...]) -> None:
@@ -42,14 +51,14 @@ def check_rank(rank: int, shape: tuple[int, ...]) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--params", default=str(config_mod.ROOT / "params.yaml"))
-    p.add_argument("--data", default="data/prepared")
-    p.add_argument("--out", default="models")
-    p.add_argument("--plots", default="plots")
+    p.add_argument("--params", default=str(config_mod.PARAMS_FILE))
+    p.add_argument("--data", default=config_mod.PREPARED)
+    p.add_argument("--out", default=config_mod.MODELS)
+    p.add_argument("--plots", default=config_mod.PLOTS)
     p.add_argument("--resume", help="the Ray run name of an interrupted run to continue")
     args = p.parse_args(argv)
 
-    cfg = config_mod.load(args.params)
+    cfg = config_mod.load(args.params, SECTIONS)
     data_dir = config_mod.resolve(args.data)
     out = config_mod.output_path(args.out, "--out")
     plots = config_mod.output_path(args.plots, "--plots")
@@ -81,8 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if closed:
         print(f"marked {closed} train run(s) left RUNNING by a killed driver as KILLED")
-    params = {**cfg.to_flat_dict(), "data.shape": str(shape), "data.source": meta["source"],
-              "ray.run_name": run_name, "ray.storage_path": str(storage / run_name)}  # fmt: skip
+    params = {
+        **cfg.to_flat_dict(),
+        "data.shape": str(shape),
+        "data.source": meta["source"],
+        "ray.run_name": run_name,
+        "ray.storage_path": str(storage / run_name),
+    }
     with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
         warnings.filterwarnings("ignore", message="The specified dataset source can be")
         dataset = mlflow.data.from_numpy(x, source=str(train_path), name=f"{cfg.data.name}-train")
@@ -90,29 +104,34 @@ def main(argv: list[str] | None = None) -> dict:
         client, exp_id, run_name, params, previous=resumed, dataset=dataset
     )
     again = f", continued (it was {before})" if before else ""
-    print(f"training {run_name}: {len(x)} samples of shape {shape}, "
-          f"{cfg.train.num_workers} worker(s), {cfg.train.epochs} epochs; "
-          f"MLflow run {run_id}{again}")  # fmt: skip
+    print(
+        f"training {run_name}: {len(x)} samples of shape {shape}, "
+        f"{cfg.train.num_workers} worker(s), {cfg.train.epochs} epochs; "
+        f"MLflow run {run_id}{again}"
+    )
     live = {"tracking_uri": uri, "run_id": run_id, "grid": cfg.evaluate.grid}
     with tracking.failed_on_error(client, run_id):
         result = run_training(cfg, train_path, val_path, run_name=run_name, mlflow_run=live)
         state = load_result_state(result)
         history = state["history"]  # every epoch, resumed ones included
 
-        model = OneStepFlowMatching.build(shape, cfg.model, seed=cfg.train.seed,
-                                       steps=cfg.evaluate.steps)  # fmt: skip
+        model = OneStepFlowMatching.build(
+            shape, cfg.model, seed=cfg.train.seed, steps=cfg.evaluate.steps
+        )
         model.load_state_dict(final_weights(state))
         model_path = out / "model.pt"
-        checkpoint.save(model_path, model, cfg.model, shape, run_name=run_name,
-                        source=meta["source"])  # fmt: skip
+        checkpoint.save(
+            model_path, model, cfg.model, shape, run_name=run_name, source=meta["source"]
+        )
         write_csv(plots / "loss.csv", history, LOSS_COLUMNS)
         epochs = [int(r["epoch"]) + 1 for r in history]
         loss_fig = figures.curves(
             epochs,
-            {"train": [r["train_loss"] for r in history],
-             "val": [r["val_loss"] for r in history]},
-            xlabel="epoch", ylabel="loss", title=f"{run_name}",
-        )  # fmt: skip
+            {"train": [r["train_loss"] for r in history], "val": [r["val_loss"] for r in history]},
+            xlabel="epoch",
+            ylabel="loss",
+            title=f"{run_name}",
+        )
         tracking.log_missing_epochs(client, run_id, history)
         with mlflow.start_run(run_id=run_id):  # FINISHED once every output is written
             mlflow.log_figure(loss_fig, "plots/loss.png")
@@ -137,8 +156,10 @@ def main(argv: list[str] | None = None) -> dict:
                 "checkpoint_path": str(result.path),
             }
             write_json(out / "summary.json", summary)
-    print(f"trained {run_name}: val_loss {final['val_loss']:.4f}; MLflow run {run_id}; "
-          f"model {model_path}")  # fmt: skip
+    print(
+        f"trained {run_name}: val_loss {final['val_loss']:.4f}; MLflow run {run_id}; "
+        f"model {model_path}"
+    )
     return summary
 
 

@@ -21,11 +21,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lincore.generators import OneStepFlowMatching
 from lincore.metrics import mmd, typicality
-from pipelines.common import tracking
+from pipelines.common import fault_injection, hooks, tracking
 from pipelines.common.config import ModelConfig, TrainConfig
 from pipelines.common.data import read_split
 from pipelines.common.errors import LinearizerError
-from pipelines.common.fault_injection import maybe_fail
 from pipelines.training.schedule import EmaWithWarmup, learning_rate
 from pipelines.training.session import RayTrainSession, Session
 
@@ -63,8 +62,11 @@ def _val_metrics(
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's entry point: ``fit_epochs`` in a Ray Train worker."""
+    """Ray Train's entry point: ``fit_epochs`` in a Ray Train worker (a process of its own, so
+    it installs the fault hooks ``LINEARIZER_FAULT`` asks for)."""
     from ray.train.v2._internal.execution import context as train_context
+
+    fault_injection.install()
 
     # per-report INFO lines drown ours; that module logs under its file path, not "ray.train"
     for name in ("ray.train", train_context.__file__):
@@ -78,7 +80,8 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     The one training loop of the project: the train stage and every sweep trial run it. With
     ``config["mlflow"]`` (the train stage), rank 0 also logs each epoch to that MLflow run as it
     ends (``tracking.LiveRun``), before the epoch's checkpoint: an epoch retrained after an
-    interruption was then logged already and is skipped, never missing.
+    interruption was then logged already and is skipped, never missing. After each epoch's
+    report it calls the ``hooks.EPOCH_END`` hooks (the fault tests' seam).
     """
     model_cfg, train_cfg = ModelConfig(**config["model"]), TrainConfig(**config["train"])
     epochs = int(config.get("epochs") or train_cfg.epochs)
@@ -187,9 +190,14 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             live.epoch_end(metrics, val_sampler, xv_t)
         state = None
         if rank == 0:
-            state = {"model": raw.state_dict(), "optimizer": opt.state_dict(),
-                     "epoch": epoch, "history": history}  # fmt: skip
+            state = {
+                "model": raw.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "history": history,
+            }
             if ema is not None:
                 state["ema_state"] = ema.state_dict()
         session.report(metrics, state)
-        maybe_fail("epoch", epoch)
+        for hook in hooks.EPOCH_END:
+            hook(epoch)

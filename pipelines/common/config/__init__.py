@@ -1,10 +1,24 @@
 """``params.yaml``: the schema (``schema``), reading and validating it (``loading``), and the
-paths it names (``paths``)."""
+paths it names and the stages' default paths (``paths``)."""
 
 from pipelines.common.config.loading import apply_trial, load, parse
-from pipelines.common.config.paths import ROOT, SOURCE_FOLDERS, output_path, project_root, resolve
+from pipelines.common.config.paths import (
+    METRICS,
+    MODELS,
+    PARAMS_FILE,
+    PLOTS,
+    PREPARED,
+    RAW_DATA,
+    ROOT,
+    SOURCE_FOLDERS,
+    SWEEP_RESULTS,
+    output_path,
+    project_root,
+    resolve,
+)
 from pipelines.common.config.schema import (
     DATASETS,
+    SECTIONS,
     Config,
     DataConfig,
     EvaluateConfig,
@@ -12,12 +26,22 @@ from pipelines.common.config.schema import (
     ModelConfig,
     SweepConfig,
     TrainConfig,
+    UnreadSection,
+    UnreadSectionError,
 )
 
 __all__ = [
     "DATASETS",
+    "METRICS",
+    "MODELS",
+    "PARAMS_FILE",
+    "PLOTS",
+    "PREPARED",
+    "RAW_DATA",
     "ROOT",
+    "SECTIONS",
     "SOURCE_FOLDERS",
+    "SWEEP_RESULTS",
     "Config",
     "DataConfig",
     "EvaluateConfig",
@@ -25,6 +49,8 @@ __all__ = [
     "ModelConfig",
     "SweepConfig",
     "TrainConfig",
+    "UnreadSection",
+    "UnreadSectionError",
     "apply_trial",
     "load",
     "output_path",

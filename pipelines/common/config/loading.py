@@ -1,7 +1,9 @@
 """Reading ``params.yaml`` into the schema, validated once at the edge.
 
 Every key is known: an unknown key, a wrong type or an out-of-range value is a ``ConfigError``
-naming the key and what is allowed, before any heavy work starts.
+naming the key and what is allowed, before any heavy work starts. Each stage loads only the
+sections it reads (``load(path, sections=SECTIONS)``) and each section is validated on its own,
+so a mistake in ``sweep`` does not stop ``prepare``.
 """
 
 from __future__ import annotations
@@ -10,21 +12,29 @@ import dataclasses
 import math
 import os
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lincore.operators import OPERATOR_KINDS
-from pipelines.common.config.paths import ROOT
+from pipelines.common.config.paths import PARAMS_FILE
 from pipelines.common.config.schema import (
     DATASETS,
     DISTRIBUTIONS,
+    SECTIONS,
     SWEEP_METRICS,
     TUNABLE_SECTIONS,
     UNTUNABLE,
     Config,
+    DataConfig,
+    EvaluateConfig,
+    MlflowConfig,
+    ModelConfig,
     SweepConfig,
+    TrainConfig,
+    UnreadSection,
 )
 from pipelines.common.errors import ConfigError
 
@@ -67,75 +77,107 @@ def _section(name: str, cls: type, raw: Any) -> Any:
     return cls(**{k: _check_value(f"{name}.{k}", v, kinds[k]) for k, v in raw.items()})
 
 
-def _validate(cfg: Config) -> None:
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
-    d, m, t, e, s = cfg.data, cfg.model, cfg.train, cfg.evaluate, cfg.sweep
-    need(d.name in DATASETS, f"data.name {d.name!r} is unknown; allowed: {', '.join(DATASETS)}")
-    need(d.name != "path" or bool(d.path), "data.name is 'path': set data.path to a local file")
-    need(d.n_samples >= 10, f"data.n_samples must be >= 10, got {d.n_samples}")
-    need(0 < d.val_fraction < 0.5, f"data.val_fraction must be in (0, 0.5), got {d.val_fraction}")
-    need(
+
+def _validate_data(d: DataConfig) -> None:
+    _need(d.name in DATASETS, f"data.name {d.name!r} is unknown; allowed: {', '.join(DATASETS)}")
+    _need(
+        d.name != "path" or bool(d.path),
+        "data.name is 'path': set data.path to a local file or folder (default data/raw)",
+    )
+    _need(d.n_samples >= 10, f"data.n_samples must be >= 10, got {d.n_samples}")
+    _need(0 < d.val_fraction < 0.5, f"data.val_fraction must be in (0, 0.5), got {d.val_fraction}")
+    _need(
         0 < d.test_fraction < 0.5, f"data.test_fraction must be in (0, 0.5), got {d.test_fraction}"
     )
-    need(d.image_size >= 0, f"data.image_size must be >= 0, got {d.image_size}")
+    _need(d.image_size >= 0, f"data.image_size must be >= 0, got {d.image_size}")
+
+
+def _validate_model(m: ModelConfig) -> None:
     for key in ("rank", "depth", "hidden", "operator_hidden"):
-        need(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
-    need(m.flow in ("coupling", "image"), f"model.flow must be coupling or image, got {m.flow!r}")
-    need(
+        _need(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
+    _need(m.flow in ("coupling", "image"), f"model.flow must be coupling or image, got {m.flow!r}")
+    _need(
         m.operator in OPERATOR_KINDS,
         f"model.operator must be one of {', '.join(OPERATOR_KINDS)}, got {m.operator!r}",
     )
-    need(m.sigma >= 0, f"model.sigma must be >= 0, got {m.sigma}")
+    _need(m.sigma >= 0, f"model.sigma must be >= 0, got {m.sigma}")
+
+
+def _validate_train(t: TrainConfig) -> None:
     for key in ("epochs", "batch_size", "checkpoints_to_keep"):
-        need(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
-    need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
-    need(
+        _need(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
+    _need(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _need(
         t.lr_schedule in ("cosine", "constant"),
         f"train.lr_schedule must be cosine or constant, got {t.lr_schedule!r}",
     )
-    need(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
-    need(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
-    need(t.max_roundtrip_error > 0, "train.max_roundtrip_error must be > 0")
-    need(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    need(t.image_every >= 0, f"train.image_every must be >= 0, got {t.image_every}")
-    need(e.steps >= 2, f"evaluate.steps must be >= 2, got {e.steps}")
-    need(e.n_samples >= 0 and e.grid >= 1, "evaluate.n_samples must be >= 0 and grid >= 1")
-    need(s.num_samples >= 1, f"sweep.num_samples must be >= 1, got {s.num_samples}")
-    need(s.max_epochs >= 1, f"sweep.max_epochs must be >= 1, got {s.max_epochs}")
-    need(s.max_concurrent_trials >= 1, "sweep.max_concurrent_trials must be >= 1")
-    need(s.workers_per_trial >= 0, "sweep.workers_per_trial must be >= 0")
-    need(s.objectives in ("single", "pareto"), "sweep.objectives must be single or pareto")
-    need(
+    _need(t.num_workers >= 0, f"train.num_workers must be >= 0, got {t.num_workers}")
+    _need(t.max_failures >= 0, f"train.max_failures must be >= 0, got {t.max_failures}")
+    _need(t.max_roundtrip_error > 0, "train.max_roundtrip_error must be > 0")
+    _need(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    _need(t.image_every >= 0, f"train.image_every must be >= 0, got {t.image_every}")
+
+
+def _validate_evaluate(e: EvaluateConfig) -> None:
+    _need(e.steps >= 2, f"evaluate.steps must be >= 2, got {e.steps}")
+    _need(e.n_samples >= 0 and e.grid >= 1, "evaluate.n_samples must be >= 0 and grid >= 1")
+
+
+def _validate_mlflow(_: MlflowConfig) -> None:
+    """Nothing beyond the types: the tracking URI is checked by reaching it (``tracking``)."""
+
+
+def _validate_sweep(s: SweepConfig, cfg: Config) -> None:
+    """``sweep`` on its own, then each ``sweep.space`` entry against ``cfg``'s ``model`` and
+    ``train`` (a sampled value replaces the configured one and that section is re-validated)."""
+    _need(s.num_samples >= 1, f"sweep.num_samples must be >= 1, got {s.num_samples}")
+    _need(s.max_epochs >= 1, f"sweep.max_epochs must be >= 1, got {s.max_epochs}")
+    _need(s.max_concurrent_trials >= 1, "sweep.max_concurrent_trials must be >= 1")
+    _need(s.workers_per_trial >= 0, "sweep.workers_per_trial must be >= 0")
+    _need(s.objectives in ("single", "pareto"), "sweep.objectives must be single or pareto")
+    _need(
         s.search in ("optuna", "random"), f"sweep.search must be optuna or random, got {s.search!r}"
     )
-    need(
+    _need(
         s.scheduler in ("asha", "none"),
         f"sweep.scheduler must be asha or none, got {s.scheduler!r}",
     )
-    need(
+    _need(
         s.metric in SWEEP_METRICS,
         f"sweep.metric {s.metric!r} is unknown; allowed: {', '.join(SWEEP_METRICS)}",
     )
-    need(s.grace_period >= 1, f"sweep.grace_period must be >= 1, got {s.grace_period}")
+    _need(s.grace_period >= 1, f"sweep.grace_period must be >= 1, got {s.grace_period}")
     for key, spec in s.space.items():
         _check_dimension(cfg, key, spec)
+
+
+_VALIDATORS: dict[str, Callable[[Any], None]] = {
+    "data": _validate_data,
+    "model": _validate_model,
+    "train": _validate_train,
+    "evaluate": _validate_evaluate,
+    "mlflow": _validate_mlflow,
+}  # sweep: _validate_sweep, which needs the whole config
+
+
+def _section_kinds(section: str) -> dict[str, Any]:
+    return typing.get_type_hints(typing.get_type_hints(Config)[section])
 
 
 def _check_dimension(cfg: Config, key: str, spec: Any) -> None:
     """One ``sweep.space`` entry: a tunable key, a known distribution, values that are valid."""
     where = f"sweep.space.{key}"
     section, _, name = key.partition(".")
-    kinds = (
-        typing.get_type_hints(type(getattr(cfg, section))) if section in TUNABLE_SECTIONS else {}
-    )
+    kinds = _section_kinds(section) if section in TUNABLE_SECTIONS else {}
     if name not in kinds or key in UNTUNABLE:
         tunable = [
             f"{s}.{k}"
             for s in TUNABLE_SECTIONS
-            for k in typing.get_type_hints(type(getattr(cfg, s)))
+            for k in _section_kinds(s)
             if f"{s}.{k}" not in UNTUNABLE
         ]
         raise ConfigError(f"{where}: not a tunable key; tunable keys: {', '.join(tunable)}")
@@ -160,16 +202,15 @@ def _check_dimension(cfg: Config, key: str, spec: Any) -> None:
             )
         low, high = (_check_value(f"{where}.{dist}", v, kind) for v in values)
         if not low <= high or (dist == "loguniform" and low <= 0):
-            raise ConfigError(f"{where}.{dist}: bounds must satisfy 0 < low <= high for loguniform "
-                              f"and low <= high otherwise, got {values}")  # fmt: skip
+            raise ConfigError(
+                f"{where}.{dist}: bounds must satisfy 0 < low <= high for loguniform "
+                f"and low <= high otherwise, got {values}"
+            )
         values = [low, high]
     for v in values:
         v = _check_value(f"{where}.{dist}", v, kind)
         try:
-            _validate(dataclasses.replace(
-                cfg, **{section: dataclasses.replace(getattr(cfg, section), **{name: v})},
-                sweep=SweepConfig(space={}),
-            ))  # fmt: skip
+            _VALIDATORS[section](dataclasses.replace(getattr(cfg, section), **{name: v}))
         except ConfigError as err:
             raise ConfigError(f"{where}: value {v!r} is invalid: {err}") from None
 
@@ -179,33 +220,69 @@ def apply_trial(cfg: Config, trial: dict[str, Any]) -> Config:
     changes: dict[str, dict[str, Any]] = {}
     for key, value in trial.items():
         section, _, name = key.partition(".")
-        kind = typing.get_type_hints(type(getattr(cfg, section)))[name]
+        kind = _section_kinds(section)[name]
         changes.setdefault(section, {})[name] = kind(value)
     return dataclasses.replace(
         cfg, **{sec: dataclasses.replace(getattr(cfg, sec), **kv) for sec, kv in changes.items()}
     )
 
 
-def parse(raw: Any) -> Config:
-    """A validated ``Config`` from the parsed YAML mapping."""
+def _wanted(sections: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The sections to load, checked, in params.yaml's order (``None``: all of them)."""
+    if sections is None:
+        return SECTIONS
+    asked = {sections} if isinstance(sections, str) else set(sections)
+    unknown = sorted(asked - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown params section(s) {unknown}; sections are {', '.join(SECTIONS)}")
+    if "sweep" in asked and not asked >= set(TUNABLE_SECTIONS):
+        raise ValueError(
+            f"the sweep section is validated against {' and '.join(TUNABLE_SECTIONS)} "
+            "(sweep.space values replace theirs): load those sections too"
+        )
+    return tuple(s for s in SECTIONS if s in asked)
+
+
+def parse(raw: Any, sections: str | Iterable[str] | None = None) -> Config:
+    """A validated ``Config`` from the parsed YAML mapping.
+
+    ``sections`` (default: all) are the sections a stage reads: only those are parsed and
+    validated, so a mistake in another section does not stop it. The others become
+    ``UnreadSection`` placeholders that raise when read. An unknown section name is always an
+    error.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("params.yaml must be a mapping of sections (data, model, train, ...)")
-    sections = {f.name: f for f in dataclasses.fields(Config)}
-    unknown = sorted(set(raw) - set(sections))
+    unknown = sorted(set(raw) - set(SECTIONS), key=str)
     if unknown:
         raise ConfigError(
-            f"unknown section '{unknown[0]}' in params.yaml; allowed: {', '.join(sections)}"
+            f"unknown section '{unknown[0]}' in params.yaml; allowed: {', '.join(SECTIONS)}"
         )
+    wanted = _wanted(sections)
     kinds = typing.get_type_hints(Config)
-    cfg = Config(**{k: _section(k, kinds[k], v) for k, v in raw.items()})
-    _validate(cfg)
+    cfg = Config(
+        **{
+            name: _section(name, kinds[name], raw.get(name))
+            if name in wanted
+            else UnreadSection(name)
+            for name in SECTIONS
+        }
+    )
+    for name in wanted:
+        if name == "sweep":
+            _validate_sweep(cfg.sweep, cfg)
+        else:
+            _VALIDATORS[name](getattr(cfg, name))
     return cfg
 
 
-def load(path: str | os.PathLike[str] = ROOT / "params.yaml") -> Config:
-    """Read and validate ``params.yaml``; a missing or malformed file is a ``ConfigError``."""
+def load(
+    path: str | os.PathLike[str] = PARAMS_FILE, sections: str | Iterable[str] | None = None
+) -> Config:
+    """Read and validate ``params.yaml`` (only ``sections``, see ``parse``); a missing or
+    malformed file is a ``ConfigError``."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"params file not found: {p}")
@@ -214,4 +291,4 @@ def load(path: str | os.PathLike[str] = ROOT / "params.yaml") -> Config:
     except yaml.YAMLError as err:
         where = " ".join(str(err).split())  # one line: YAML's message spans several
         raise ConfigError(f"{p} is not valid YAML: {where}") from None
-    return parse(raw)
+    return parse(raw, sections)

@@ -10,6 +10,26 @@ from pipelines.common.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[3]
 """This checkout (``pipelines/common/config/paths.py`` is three folders below it)."""
 
+PARAMS_FILE = ROOT / "params.yaml"
+"""Every stage's ``--params`` default."""
+
+# Where the stages write and read by default, relative to the project root: the stages' argparse
+# defaults, and what dvc.yaml's outs, metrics and plots name (tests/test_dvc_deps.py checks that
+# they agree). Change one here and in dvc.yaml together.
+PREPARED = "data/prepared"
+"""prepare's ``--out``; the ``--data`` of train, evaluate and the sweep"""
+MODELS = "models"
+"""train's ``--out`` (``model.pt``, ``summary.json``); evaluate's ``--model``"""
+PLOTS = "plots"
+"""the ``--plots`` of train (``loss.*``) and evaluate (``steps.*``, samples, interpolation)"""
+METRICS = "metrics.json"
+"""evaluate's ``--metrics``"""
+SWEEP_RESULTS = "results/sweep"
+"""the sweep's ``--out`` (best_params.yaml, trials.*, pareto.*)"""
+RAW_DATA = "data/raw"
+"""``data.path``'s default: a folder for the user's own data set (read when ``data.name`` is
+``path``); prepare depends on ``data.path`` in dvc.yaml, which needs an existing path"""
+
 
 def project_root() -> Path:
     """Where relative paths in params point: ``LINEARIZER_ROOT`` if set, else this checkout.

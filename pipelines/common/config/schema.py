@@ -1,15 +1,19 @@
 """The schema of ``params.yaml``: one frozen dataclass per section, with every default.
 
 ``model`` is ``lincore.generators.OneStepConfig`` itself, so the model's defaults have one source.
+A stage loads only the sections it reads (``load(path, sections=...)``); the others are
+``UnreadSection`` placeholders that refuse to be read, never silent defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from lincore.generators import OneStepConfig
+from pipelines.common.config.paths import RAW_DATA
+from pipelines.common.errors import ConfigError
 
 DATASETS = ("digits", "moons", "checkerboard", "eight_gaussians", "spirals", "path")
 
@@ -18,8 +22,10 @@ DATASETS = ("digits", "moons", "checkerboard", "eight_gaussians", "spirals", "pa
 class DataConfig:
     name: str = "digits"
     """digits | moons | checkerboard | eight_gaussians | spirals | path"""
-    path: str = ""
-    """for name=path: a local .npz, .parquet, MNIST IDX file, or a folder of images"""
+    path: str = RAW_DATA
+    """for name=path: a local .npz, .parquet, MNIST IDX file, or a folder of images. Read only
+    when name is path, but the prepare stage depends on it in dvc.yaml whatever the name, so
+    params.yaml must name an existing file or folder (default: ``data/raw``, which is in git)"""
     n_samples: int = 20000
     """number of points generated for the 2-D toys"""
     val_fraction: float = 0.1
@@ -80,10 +86,18 @@ DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 SWEEP_METRICS = ("val_mmd", "val_loss")  # both minimised
 TUNABLE_SECTIONS = ("model", "train")
 UNTUNABLE = frozenset(
-    f"train.{k}" for k in ("epochs", "num_workers", "use_gpu", "storage_path",
-                           "checkpoints_to_keep", "max_failures", "max_roundtrip_error",
-                           "image_every")
-)  # fmt: skip
+    f"train.{k}"
+    for k in (
+        "epochs",
+        "num_workers",
+        "use_gpu",
+        "storage_path",
+        "checkpoints_to_keep",
+        "max_failures",
+        "max_roundtrip_error",
+        "image_every",
+    )
+)
 
 
 def _default_space() -> dict[str, dict[str, list]]:
@@ -117,6 +131,45 @@ class SweepConfig:
     seed: int = 0
 
 
+class UnreadSectionError(ConfigError):
+    """A stage read a section of ``params.yaml`` it did not load (a bug in that stage)."""
+
+
+class UnreadSection:
+    """Stands in for a section the stage did not load: reading any of its keys raises
+    ``UnreadSectionError``, so a stage cannot silently run on defaults instead of params.yaml.
+    (Private and dunder names raise ``AttributeError`` as usual: pickling and copying work.)"""
+
+    __slots__ = ("_unread_section",)
+
+    def __init__(self, section: str) -> None:
+        object.__setattr__(self, "_unread_section", section)
+
+    def __getattr__(self, key: str) -> NoReturn:
+        if key.startswith("_"):
+            raise AttributeError(key)
+        section = self._unread_section
+        raise UnreadSectionError(
+            f"{section}.{key} was read, but this stage did not load the '{section}' section of "
+            f"params.yaml: add '{section}' to the stage's SECTIONS (and to its params in dvc.yaml)"
+        )
+
+    def __setattr__(self, key: str, value: Any) -> NoReturn:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {key!r}")
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return UnreadSection, (self._unread_section,)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, UnreadSection) and other._unread_section == self._unread_section
+
+    def __hash__(self) -> int:
+        return hash((UnreadSection, self._unread_section))
+
+    def __repr__(self) -> str:
+        return f"UnreadSection({self._unread_section!r})"
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
@@ -126,10 +179,23 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
+    @property
+    def loaded_sections(self) -> tuple[str, ...]:
+        """The sections read from params.yaml (the others are ``UnreadSection``)."""
+        return tuple(
+            f.name
+            for f in dataclasses.fields(self)
+            if not isinstance(getattr(self, f.name), UnreadSection)
+        )
+
     def to_flat_dict(self) -> dict[str, Any]:
-        """``{"model.rank": 16, ...}``: the form MLflow params take."""
+        """``{"model.rank": 16, ...}``: the form MLflow params take (loaded sections only)."""
         return {
-            f"{section.name}.{f.name}": getattr(getattr(self, section.name), f.name)
-            for section in dataclasses.fields(self)
-            for f in dataclasses.fields(getattr(self, section.name))
+            f"{name}.{f.name}": getattr(getattr(self, name), f.name)
+            for name in self.loaded_sections
+            for f in dataclasses.fields(getattr(self, name))
         }
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+"""Every section of params.yaml, in order."""
