@@ -18,3 +18,28 @@ def moons(tmp_path_factory) -> Path:
     for name, part in data_mod.split(data_mod.build(cfg.data), cfg.data).items():
         data_mod.write_split(folder / f"{name}.parquet", part, seed=0)
     return folder
+
+
+def wait_for_job_agent(ray: Path, url: str, env: dict[str, str], timeout: float = 180) -> None:
+    """Block until the Ray head at ``url`` accepts jobs. Its dashboard answers before the job
+    agent has registered, and on a loaded machine a ``ray job submit`` in that gap fails with
+    "No available agent to submit job"; a ``--no-wait`` no-op job tells when it is ready."""
+    import subprocess
+    import time
+
+    deadline, out = time.time() + timeout, ""
+    while time.time() < deadline:
+        r = subprocess.run(
+            [str(ray), "job", "submit", "--no-wait", "--address", url, "--", "true"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        out = r.stdout + r.stderr
+        if r.returncode == 0:
+            return
+        if "No available agent" not in out:
+            raise AssertionError(f"the Ray head at {url} refused a job:\n{out[-3000:]}")
+        time.sleep(2)
+    raise AssertionError(f"the Ray head at {url} took no job in {timeout:.0f} s:\n{out[-3000:]}")

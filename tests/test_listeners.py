@@ -27,6 +27,7 @@ import urllib.request
 
 import psutil
 import pytest
+from conftest import wait_for_job_agent
 from test_pipeline_e2e import BIN, clean_env
 
 from pipelines.commands import cluster_check
@@ -186,7 +187,14 @@ def test_the_readme_head_recipe_carries_the_loopback_settings():
 def head():
     """The README's head, as written, on free ports and with a temp folder of its own."""
     readme_env, argv = readme_command("ray start --head")
-    ports = {"gcs": _free_port(), "dashboard": _free_port(), "client": _free_port()}
+    # the job agent's HTTP port too: Ray's default (52365) is taken by any other Ray on the
+    # machine, whose agent then serves no jobs ("No available agent to submit job")
+    ports = {
+        "gcs": _free_port(),
+        "dashboard": _free_port(),
+        "client": _free_port(),
+        "agent": _free_port(),
+    }
     tmp = tempfile.mkdtemp(prefix="lzh-", dir="/tmp")  # short: Ray's socket paths must fit
     env = _env(RAY_TMPDIR=tmp, **readme_env)
     proc = subprocess.Popen(
@@ -197,6 +205,7 @@ def head():
             f"--port={ports['gcs']}",
             f"--dashboard-port={ports['dashboard']}",
             f"--ray-client-server-port={ports['client']}",
+            f"--dashboard-agent-listen-port={ports['agent']}",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -264,13 +273,15 @@ def test_ray_job_submit_runs_on_the_loopback_head_and_stays_there(head, tmp_path
     ``ray job submit`` with the token works against the loopback head."""
     proc, ports, env, _ = head
     (tmp_path / "job.py").write_text(JOB)
+    url = f"http://127.0.0.1:{ports['dashboard']}"
+    wait_for_job_agent(BIN / "ray", url, {**env, "RAY_AUTH_MODE": "token"})
     submit = subprocess.Popen(
         [
             str(BIN / "ray"),
             "job",
             "submit",
             "--address",
-            f"http://127.0.0.1:{ports['dashboard']}",
+            url,
             "--",
             sys.executable,
             str(tmp_path / "job.py"),
