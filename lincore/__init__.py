@@ -3,6 +3,7 @@
 Pure PyTorch: no Ray, no MLflow, no file I/O.
 """
 
+from lincore._checks import unchecked
 from lincore.inn import Conditioned, CouplingFlow, Flow, ImageFlow, InvertibleBlock
 from lincore.linearizer import Linearizer, SingularPoints, same_network
 from lincore.operators import (
@@ -35,4 +36,5 @@ __all__ = [
     "SingularPoints",
     "VectorSpace",
     "same_network",
+    "unchecked",
 ]

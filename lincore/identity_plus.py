@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lincore._checks import value_checks
+
 
 @dataclass(frozen=True)
 class IdentityPlusLowRank:
@@ -24,9 +26,11 @@ class IdentityPlusLowRank:
     @staticmethod
     def identity(dim: int, *, scale: float | Tensor = 1.0, like: Tensor) -> IdentityPlusLowRank:
         empty = like.new_zeros(dim, 0)
-        return IdentityPlusLowRank(
-            torch.as_tensor(scale, dtype=like.dtype, device=like.device), empty, empty
-        )
+        if isinstance(scale, Tensor):
+            alpha = scale.to(dtype=like.dtype, device=like.device)
+        else:  # filled on the device: no host -> device copy (a sync)
+            alpha = like.new_full((), float(scale))
+        return IdentityPlusLowRank(alpha, empty, empty)
 
     @property
     def dim(self) -> int:
@@ -99,7 +103,10 @@ class IdentityPlusLowRank:
             return z / self.alpha
         # (aI + W Y^T)^-1 = (1/a) (I - W (a I_k + Y^T W)^-1 Y^T); rows: x = M^-1 z  <=>  x^T = ...
         core = self.alpha * torch.eye(k, dtype=z.dtype, device=z.device) + self.Y.T @ self.W
-        return (z - torch.linalg.solve(core, (z @ self.Y).T).T @ self.W.T) / self.alpha
+        # solve_ex: a singular core is an error only where value checks run (reading its status
+        # waits for the GPU); inside ``unchecked()`` it gives inf/NaN, which training catches
+        x, _ = torch.linalg.solve_ex(core, (z @ self.Y).T, check_errors=value_checks())
+        return (z - x.T @ self.W.T) / self.alpha
 
 
 @dataclass(frozen=True)

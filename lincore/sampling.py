@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lincore._checks import check_int
+from lincore._checks import check_int, value_checks
 from lincore.identity_plus import IdentityPlusBasis, IdentityPlusLowRank
 from lincore.operators.time_isotropic import TimeIsotropicLowRank, TimeOperator
 
@@ -124,7 +124,8 @@ class CollapsedSampler:
         z64 = z.to(torch.float64)
         if self.factored:
             return self.matrix.solve(z64).to(z.dtype)
-        return torch.linalg.solve(self.matrix, z64.T).T.to(z.dtype)
+        x, _ = torch.linalg.solve_ex(self.matrix, z64.T, check_errors=value_checks())
+        return x.T.to(z.dtype)
 
 
 Form = Literal["auto", "factored", "dense"]
@@ -146,9 +147,11 @@ def collapse(
     dense ``D x D`` matrix after; ``"factored"``/``"dense"`` force one form (for benchmarks).
     Dense accumulation multiplies each low-rank step into ``B`` in ``O(D^2 r)``, never as a
     ``D^3`` matmul. ``grad=True`` keeps the autograd graph (the one-step likelihood as a training
-    term: cheap for shared bases, ``O(T r^3)``).
+    term: cheap for shared bases, ``O(T r^3)``). Autocast (mixed-precision training) never
+    reaches it: the time network runs in its parameters' dtype and ``B`` accumulates in float64.
     """
-    with torch.set_grad_enabled(grad):
+    device = next(op.parameters()).device.type
+    with torch.set_grad_enabled(grad), torch.autocast(device, enabled=False):
         return _collapse(op, steps, method, form)
 
 
@@ -180,7 +183,10 @@ def _collapse_shared_euler(op: TimeIsotropicLowRank, steps: int) -> CollapsedSam
     ``alpha_i = 1 - dt (1 - a_i) / (1 - t_i)``, ``K_i = dt / (1 - t_i) core_i``; cheap enough to
     differentiate every training step (the one-step likelihood term)."""
     dt, f64 = 1.0 / steps, torch.float64
-    t64 = torch.tensor(step_times(steps), dtype=f64, device=op.U.device)
+    # t_i = i / T made on the device (a list copied over would wait for the GPU); a tensor
+    # divisor keeps the division exact where a scalar one may become a reciprocal multiply
+    i = torch.arange(steps - 1, dtype=f64, device=op.U.device)
+    t64 = i / torch.full((), steps, dtype=f64, device=op.U.device)
     t = t64.to(op.U.dtype)  # the network sees t in its own dtype, as matrix_at gives it
     a, cores = op.coefficient(t).to(f64), op.core_at(t).to(f64)
     alphas = 1 - dt * (1 - a) / (1 - t64)

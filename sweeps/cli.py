@@ -1,14 +1,19 @@
 """Sweep: Ray Tune + Optuna over ``sweep.space`` (rank of ``A``, INN depth, width, lr, ...).
 
     python -m sweeps [--params params.yaml] [--data data/prepared] [--out results/sweep]
+                          [--model models/model.pt]
                           [--num-samples N] [--max-epochs E] [--objectives single|pareto]
                           [--name NAME | --resume NAME] [--root DIR]
 
 Every trial runs the train stage's loop (Ray Train inside the trial when
-``sweep.workers_per_trial >= 1``); ASHA stops poor trials early. MLflow gets one parent run per
-sweep and one child run per trial (params, per-epoch metrics, final one-step metrics, model); the
-best trial's model is registered as ``models:/<sweep.registry_name>@champion``. Writes
-``best_params.yaml``, ``trials.{csv,parquet}``, ``pareto.{csv,png}`` under ``--out``, atomically.
+``sweep.workers_per_trial >= 1``) for ``sweep.max_epochs``; ASHA stops poor trials early and
+Optuna learns from them as pruned trials. The best configuration is then retrained for the full
+``train.epochs`` and registered as ``models:/<sweep.registry_name>@champion`` only if it beats the
+current champion and the train stage's model (``--model``), all scored alike. MLflow gets one
+parent run per sweep and one child run per trial (the resolved config, the dataset, per-epoch
+metrics, final one-step metrics, model), plus the retrain's run. Writes ``best_params.yaml``
+(with the budget and the comparison), ``trials.{csv,parquet}``, ``pareto.{csv,png}`` under
+``--out``, atomically.
 
 ``--resume NAME`` continues an interrupted sweep (``Tuner.restore``): finished trials are kept,
 unfinished ones continue from their last checkpoint. ``--root DIR`` makes every relative path in
@@ -28,7 +33,7 @@ from typing import Any
 from pipelines.common import config as config_mod
 from pipelines.common import ray_runtime, tracking
 from pipelines.common.errors import ConfigError, cli
-from sweeps import registry, space
+from sweeps import registry, results, space
 from sweeps.mlflow_runs import PARENT_TAG, ROLE_TAG, attempt_logger, close_orphans, find_parent
 from sweeps.results import summarise
 from sweeps.search import check_trial_resources, fit
@@ -43,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--params", default=str(config_mod.PARAMS_FILE))
     p.add_argument("--data", default=config_mod.PREPARED)
     p.add_argument("--out", default=config_mod.SWEEP_RESULTS)
+    p.add_argument(
+        "--model",
+        default=f"{config_mod.MODELS}/model.pt",
+        help="the train stage's model: the champion must beat it too (skipped when missing)",
+    )
     p.add_argument("--num-samples", type=int, help="override sweep.num_samples")
     p.add_argument("--max-epochs", type=int, help="override sweep.max_epochs")
     p.add_argument("--objectives", choices=("single", "pareto"), help="override sweep.objectives")
@@ -80,6 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = with_overrides(config_mod.load(args.params, SECTIONS), args)
     s = cfg.sweep
     data_dir, out = config_mod.resolve(args.data), config_mod.output_path(args.out, "--out")
+    train_model = config_mod.resolve(args.model)
     train_path, val_path = data_dir / "train.parquet", data_dir / "val.parquet"
 
     from pipelines.common.data import read_split
@@ -95,6 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = args.resume or args.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = storage / name
     import mlflow
+    from mlflow import MlflowClient
     from ray import tune
 
     if args.resume and not tune.Tuner.can_restore(str(sweep_dir)):
@@ -124,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 }
             )
             mlflow.log_dict(s.space, "sweep_space.json")
+            tracking.log_dataset(MlflowClient(), parent_id, data_dir, name=cfg.data.name)
         objective = s.metric + (" vs num_params" if s.objectives == "pareto" else "")
         print(
             f"sweep {name}: {s.num_samples} trials x <= {s.max_epochs} epochs, "
@@ -132,27 +145,65 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"  interrupted? resume with: python -m sweeps --resume {name}",
             flush=True,
         )
-        logger = attempt_logger()(
+        logger = attempt_logger(cfg, sweep_dir, data_dir)(
             tracking_uri=uri,
             experiment_name=cfg.mlflow.experiment,
             tags={"mlflow.parentRunId": parent_id, PARENT_TAG: name},
         )
         grid = fit(cfg, sweep_dir, train_path, val_path, callbacks=[logger], resume=args.resume)
-        summary = summarise(cfg, grid, shape, xv, exp_id, parent_id, sweep_dir, out)
+        summary = summarise(
+            cfg,
+            grid,
+            shape,
+            xv,
+            exp_id,
+            parent_id,
+            sweep_dir,
+            out,
+            data_dir=data_dir,
+            train_model=train_model,
+        )
     closed = close_orphans(exp_id, parent_id)
     if closed:
         print(f"marked {closed} child run(s) left RUNNING by an interrupted driver as KILLED")
-    best = summary["best"]
-    print(
-        f"\nbest trial {best['trial_id']}: {s.metric} {best[s.metric]:.4f}, "
-        f"{best['num_params']:,} parameters, {best['epochs']} epochs; params "
-        + ", ".join(f"{k}={best[k]}" for k in s.space)
-        + f"\n  registered: models:/{s.registry_name}@{registry.ALIAS} (version "
-        f"{summary['registered_version']})\n  results: {out}/ (best_params.yaml, trials.csv, "
-        f"pareto.png)\n  compare runs: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
-        f"--port 5000, experiment '{cfg.mlflow.experiment}', parent run '{name}'"
-    )
+    print(report(cfg, summary, uri, exp_id, out))
     return summary
+
+
+def report(
+    cfg: config_mod.Config, summary: dict[str, Any], uri: str, exp_id: str, out: Path
+) -> str:
+    """The sweep's closing lines: the best trial at its budget, the candidate at the full one
+    against the champion and the train stage's model, and what was registered."""
+    s, best, decision = cfg.sweep, summary["best"], summary["champion"]
+    cand, metric = decision["candidate"], results.CHAMPION_METRIC
+
+    def value(entry: dict[str, Any] | None) -> str:
+        if not entry:
+            return "none"
+        if entry.get(metric) is None:
+            return f"not compared ({entry.get('note', '')})"
+        return f"{entry[metric]:.4f} ({entry['model']})"
+
+    where = f"models:/{s.registry_name}@{registry.ALIAS}"
+    outcome = (
+        f"registered {where} (version {summary['registered_version']}): {decision['reason']}"
+        if decision["registered"]
+        else f"not registered, {where} unchanged: {decision['reason']}"
+    )
+    return (
+        f"\nbest trial {best['trial_id']}: {s.metric} {best[s.metric]:.4f} after "
+        f"{best['epochs']} epochs (the trial budget, sweep.max_epochs={s.max_epochs}), "
+        f"{best['num_params']:,} parameters; params "
+        + ", ".join(f"{k}={best[k]}" for k in s.space)
+        + f"\n  candidate ({cand['source']}, {cand['epochs']} epochs): {metric} "
+        f"{cand[metric]:.4f}; current champion: {value(decision['champion'])}; train stage's "
+        f"model: {value(decision['train_model'])}\n  {outcome}\n  results: {out}/ "
+        f"(best_params.yaml, trials.csv, pareto.png)\n  compare runs: mlflow ui "
+        f"--backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open "
+        f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning "
+        f"(experiment '{cfg.mlflow.experiment}', parent run '{summary['name']}')"
+    )
 
 
 def run() -> None:

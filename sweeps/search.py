@@ -1,14 +1,100 @@
 """How a sweep searches: the search algorithm and scheduler for the configured objectives, the
-resources its trials need, and the Tuner run itself."""
+resources its trials need, and the Tuner run itself.
+
+Optuna learns from every trial, early-stopped ones included: ``BudgetOptunaSearch`` tells Optuna
+a trial ASHA stopped is PRUNED (its per-epoch values kept as intermediate values), and only a
+trial that trained its whole ``max_epochs`` COMPLETE with its final value. Ray's own
+``OptunaSearch`` told Optuna COMPLETE with whatever low-budget value a stopped trial last had,
+so TPE modelled "good" from one-epoch values. TPE ranks COMPLETE trials first, then PRUNED ones
+by how far they got and their last value, as with Optuna's own pruners.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
 
 from pipelines.common.config import Config, SweepConfig
 from pipelines.common.errors import ConfigError, LinearizerError, ServiceError
 from sweeps import space, trial
+
+REDUCTION_FACTOR = 2
+"""ASHA keeps the better 1/2 of the trials at each rung (epochs grace, 2 x grace, ...)."""
+
+
+def startup_trials(num_samples: int) -> int:
+    """Random trials before TPE models the space: a third of the sweep, at least 4. (Optuna's
+    default of 10 made every sweep of up to 10 trials a random search.)"""
+    return max(4, num_samples // 3)
+
+
+def _step(result: dict[str, Any]) -> int | None:
+    """The epochs a result has trained: ``epoch + 1`` (the loop's own count, right after a
+    retried Ray Train trial resumed at epoch k, when Tune's ``training_iteration`` restarts
+    at 1), else ``training_iteration``."""
+    if result.get(trial.EPOCHS_DONE) is not None:
+        return int(result[trial.EPOCHS_DONE])
+    if result.get("epoch") is not None:
+        return int(result["epoch"]) + 1
+    step = result.get("training_iteration")
+    return None if step is None else int(step)
+
+
+class BudgetOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that knows the trial budget: trials stopped early (ASHA) reach Optuna
+    as PRUNED with their intermediate values, trials that trained ``max_t`` epochs as COMPLETE,
+    and a trial whose last value is missing or not finite as FAIL (Ray's ``tell`` of a NaN
+    raised, was swallowed, and left the Optuna trial RUNNING forever).
+
+    Module-level on purpose: ``Tuner.restore`` unpickles it."""
+
+    def __init__(self, *args: Any, max_t: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+        self._reported: dict[str, set[int]] = {}  # trial id -> epochs told to Optuna
+
+    def _report(self, trial_id: str, result: dict[str, Any]) -> tuple[float | None, int | None]:
+        """Report the result's value at its epoch as an intermediate value (once per epoch);
+        returns ``(value if finite, step)``."""
+        value, step = result.get(self.metric), _step(result)
+        finite = value is not None and math.isfinite(float(value))
+        t, reported = self._ot_trials.get(trial_id), self._reported.setdefault(trial_id, set())
+        if finite and step is not None and t is not None and step not in reported:
+            t.report(float(value), step)
+            reported.add(step)
+        return (float(value) if finite else None), step
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if isinstance(self.metric, list):  # multi-objective: Optuna takes no intermediates
+            return
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        self._report(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if (
+            isinstance(self.metric, list)
+            or error
+            or not result
+            or trial_id in self._completed_trials
+            or trial_id not in self._ot_trials
+        ):
+            return super().on_trial_complete(trial_id, result, error)
+        from optuna.trial import TrialState
+
+        # the result that made ASHA stop the trial never reached on_trial_result: report it
+        value, step = self._report(trial_id, result)
+        if value is not None and step is not None and step >= self._max_t:
+            state, values = TrialState.COMPLETE, value
+        else:  # PRUNED takes no value: Optuna keeps the last intermediate one as its value
+            state, values = (TrialState.PRUNED if value is not None else TrialState.FAIL), None
+        self._ot_study.tell(self._ot_trials[trial_id], values, state=state)
+        self._completed_trials.add(trial_id)
 
 
 def check_trial_resources(sweep: SweepConfig, use_gpu: bool, res: dict[str, float]) -> None:
@@ -33,32 +119,42 @@ def check_trial_resources(sweep: SweepConfig, use_gpu: bool, res: dict[str, floa
 
 
 def search_setup(cfg: Config) -> tuple[Any, Any, dict[str, Any]]:
-    """``(search_alg, scheduler, tune_config metric kwargs)`` for the configured objectives."""
+    """``(search_alg, scheduler, tune_config metric kwargs)`` for the configured objectives.
+
+    Single objective: ASHA and the searcher rank trials by ``sweep.metric`` as reported after
+    each epoch, at equal epoch counts (``trial.EPOCHS_DONE``), unsmoothed: on digits its spread
+    over noise seeds is 0.7-5% of the value (and the seed is the same for every trial), under
+    the cosine schedule it moves by under 1.3% over a run's last 5 epochs, and the epoch-1
+    value ranks trials as their last one does (Spearman 0.94-0.97; README, Sweeps)."""
+    import optuna
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
-    from ray.tune.search.optuna import OptunaSearch
 
     s = cfg.sweep
     pareto = s.objectives == "pareto"
     if s.search == "random":
         search = BasicVariantGenerator(random_state=s.seed)
     elif pareto:
-        import optuna
-
         search = OptunaSearch(
             metric=[s.metric, "num_params"],
             mode=["min", "min"],
             sampler=optuna.samplers.NSGAIISampler(seed=s.seed),
         )
     else:
-        search = OptunaSearch(seed=s.seed)
+        # constant_liar (Optuna 5's default) keeps concurrent trials from asking for one point
+        sampler = optuna.samplers.TPESampler(
+            seed=s.seed, n_startup_trials=startup_trials(s.num_samples), multivariate=True
+        )
+        search = BudgetOptunaSearch(
+            metric=s.metric, mode="min", sampler=sampler, max_t=s.max_epochs
+        )
     scheduler = None
     if s.scheduler == "asha" and not pareto:  # ASHA ranks by one metric: it would cut the front
         scheduler = ASHAScheduler(
-            time_attr="training_iteration",
+            time_attr=trial.EPOCHS_DONE,
             max_t=s.max_epochs,
             grace_period=min(s.grace_period, s.max_epochs),
-            reduction_factor=2,
+            reduction_factor=REDUCTION_FACTOR,
         )
     metric = {} if pareto else {"metric": s.metric, "mode": "min"}
     return search, scheduler, metric
@@ -73,7 +169,12 @@ def fit(
     callbacks: list[Any] | None = None,
     resume: str | None = None,
 ) -> Any:
-    """Run (or continue) the Tuner named ``sweep_dir.name``; returns its ``ResultGrid``."""
+    """Run (or continue) the Tuner named ``sweep_dir.name``; returns its ``ResultGrid``.
+
+    At most ``sweep.max_concurrent_trials`` trials run at once, with any searcher: Tune wraps
+    ours in a ``ConcurrencyLimiter`` (``ray/tune/tune.py``, ``run``: ``max_concurrent_trials``),
+    and since ray-project/ray#63770 that limit is no longer one pending trial
+    (``tests/test_sweeps.py`` checks two trials overlap)."""
     from ray import tune
 
     s = cfg.sweep

@@ -1,9 +1,12 @@
 """Sweeps: the search space, the Pareto front, the registry guard, bad input refused before any
-trial starts; and (slow) a driver killed mid-sweep then resumed, and ``ray job submit`` against
-a local head node with Ray's token authentication on."""
+trial starts, what Optuna is told of stopped trials, the champion guard on a real registry, the
+dataset inputs and full configs of the MLflow runs; and (slow) a sweep end to end (concurrent
+trials, the retrain, the runs), a driver killed mid-sweep then resumed, and ``ray job submit``
+against a local head node with Ray's token authentication on."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -158,6 +161,364 @@ def test_every_orphaned_attempt_of_a_trial_is_marked_killed(tmp_path):
         assert close_orphans(exp, parent) == 1
         assert client.get_run(old).info.status == "KILLED"
         assert client.get_run(new).info.status == "FINISHED"
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+# --- the searcher: what Optuna is told ----------------------------------------------------------
+
+
+def _searcher(max_t: int = 4, n: int = 12):
+    import optuna
+    from ray import tune
+
+    from sweeps.search import BudgetOptunaSearch, startup_trials
+
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=startup_trials(n))
+    return BudgetOptunaSearch(
+        space={"x": tune.uniform(0.0, 1.0)},
+        metric="val_mmd",
+        mode="min",
+        sampler=sampler,
+        max_t=max_t,
+    )
+
+
+def _result(value: float, epochs: int, iteration: int | None = None) -> dict:
+    """A trial result as the loop reports it (``epoch`` 0-based) plus Tune's counter."""
+    it = epochs if iteration is None else iteration
+    return {"val_mmd": value, "epoch": epochs - 1, "epochs_done": epochs, "training_iteration": it}
+
+
+def test_stopped_trials_reach_optuna_as_pruned_with_their_intermediate_values():
+    """Driven the way Tune drives it: ``on_trial_result`` for each epoch ASHA lets go on, then
+    ``on_trial_complete(result=last_result)`` (the STOP result never reaches on_trial_result)."""
+    from optuna.trial import TrialState
+
+    s = _searcher(max_t=4)
+    for tid in ("stopped", "full", "nan", "retried", "crashed"):
+        s.suggest(tid)
+    s.on_trial_result("stopped", _result(0.9, 1))
+    s.on_trial_complete("stopped", result=_result(0.8, 2))  # ASHA stopped it at epoch 2
+    for e, v in enumerate([0.9, 0.7, 0.5], 1):
+        s.on_trial_result("full", _result(v, e))
+    s.on_trial_complete("full", result=_result(0.4, 4))
+    s.on_trial_result("nan", _result(1.0, 1))
+    s.on_trial_complete("nan", result=_result(float("nan"), 2))
+    # a Ray Train trial retried after a crash: Tune's counter restarts, the epochs go on
+    s.on_trial_result("retried", _result(0.9, 1))
+    s.on_trial_result("retried", _result(0.8, 2))
+    s.on_trial_result("retried", _result(0.7, 3, iteration=1))
+    s.on_trial_complete("retried", result=_result(0.6, 4, iteration=2))
+    s.on_trial_complete("crashed", result=None, error=True)
+
+    trials = {t.number: t for t in s._ot_study.trials}
+    stopped, full, nan, retried, crashed = (trials[i] for i in range(5))
+    assert stopped.state == TrialState.PRUNED
+    assert stopped.intermediate_values == {1: 0.9, 2: 0.8}
+    assert stopped.value == 0.8  # Optuna keeps the last intermediate value
+    assert full.state == TrialState.COMPLETE and full.value == 0.4
+    assert full.intermediate_values == {1: 0.9, 2: 0.7, 3: 0.5, 4: 0.4}
+    assert nan.state == TrialState.FAIL and nan.intermediate_values == {1: 1.0}
+    assert retried.state == TrialState.COMPLETE and retried.value == 0.6
+    assert retried.intermediate_values == {1: 0.9, 2: 0.8, 3: 0.7, 4: 0.6}
+    assert crashed.state == TrialState.FAIL
+    assert TrialState.RUNNING not in {t.state for t in s._ot_study.trials}
+    s.on_trial_complete("full", result=_result(0.1, 4))  # a second completion changes nothing
+    assert s._ot_study.trials[1].value == 0.4
+
+
+def test_tpe_ranks_complete_trials_above_pruned_ones_and_starts_modelling_early():
+    """With the trials told right, TPE's "good" group is the best COMPLETE trial, not a trial
+    that looked good after one epoch; and TPE models the space after a third of the sweep."""
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    from pipelines.common.config import parse
+    from sweeps.search import BudgetOptunaSearch, search_setup, startup_trials
+
+    s = _searcher(max_t=4)
+    for tid, value, epochs in (("early", 0.2, 1), ("late", 0.5, 4), ("worse", 0.6, 4)):
+        s.suggest(tid)
+        s.on_trial_complete(tid, result=_result(value, epochs))
+    study = s._ot_study
+    below, _ = _split_trials(study, study.trials, 1)
+    assert [t.number for t in below] == [1]  # "late": COMPLETE at the full budget wins
+    assert (startup_trials(4), startup_trials(12), startup_trials(30)) == (4, 4, 10)
+    cfg = parse({"sweep": {"num_samples": 30, "max_epochs": 5, "seed": 3}})
+    search, scheduler, metric = search_setup(cfg)
+    assert isinstance(search, BudgetOptunaSearch) and search._max_t == 5
+    sampler = search._sampler
+    assert (sampler._n_startup_trials, sampler._multivariate, sampler._constant_liar) == (
+        10,
+        True,
+        True,
+    )
+    assert scheduler._time_attr == "epochs_done" and metric == {"metric": "val_mmd", "mode": "min"}
+
+
+# --- the champion: registered only when it beats what exists -------------------------------------
+
+
+def _tiny_model(seed: int):
+    """A tiny model whose weights are its initial ones plus noise drawn from ``seed``."""
+    import torch
+
+    from lincore.generators import OneStepFlowMatching
+    from pipelines.common.config import ModelConfig
+
+    cfg = ModelConfig(rank=1, depth=1, hidden=8, operator_hidden=8)
+    model = OneStepFlowMatching.build((2,), cfg, seed=0, steps=10)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    return model, cfg
+
+
+def _logged_model(tmp_path: Path, seed: int, name: str) -> tuple[Path, str, str]:
+    """A checkpoint of a tiny untrained model (init ``seed``) logged as a pyfunc model in a run
+    of its own: ``(checkpoint, model uri, run id)``."""
+    import mlflow
+
+    from pipelines.common import checkpoints, tracking
+    from pipelines.common.one_step_sampler import OneStepSampler
+
+    model, cfg = _tiny_model(seed)
+    path = tmp_path / name / "model.pt"
+    checkpoints.save(path, model, cfg, (2,), run_name=name, source="test")
+    with mlflow.start_run(run_name=name) as run:
+        uri = tracking.log_sampler_model(path, OneStepSampler(model, 10))
+    return path, uri, run.info.run_id
+
+
+def test_a_worse_candidate_does_not_move_the_champion(tmp_path):
+    """A real SQLite registry: the reference data are samples of model A, so A scores best.
+    A becomes champion; B (worse) is refused and the alias stays on A; a train-stage model
+    better than the candidate also keeps it out; scores are ``score`` on the same points."""
+    import mlflow
+    import numpy as np
+    from mlflow import MlflowClient
+
+    from pipelines.common.config import parse
+    from pipelines.common.one_step_sampler import OneStepSampler
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        mlflow.set_experiment("e")
+        cfg = parse({"evaluate": {"steps": 10}, "sweep": {"registry_name": "guarded"}})
+        registry.claim("guarded")
+        a_path, a_uri, a_run = _logged_model(tmp_path, 0, "a")
+        b_path, b_uri, b_run = _logged_model(tmp_path, 1, "b")
+        model_a, _ = _tiny_model(0)
+        reference = OneStepSampler(model_a, 10).sample(300, seed=99).numpy()
+        score_a = results.score_checkpoint(a_path, 10, reference, (2,))[0]["final_mmd"]
+        score_b = results.score_checkpoint(b_path, 10, reference, (2,))[0]["final_mmd"]
+        assert score_a < score_b
+        assert results.score_checkpoint(a_path, 10, reference, (3,))[0] is None  # other data
+
+        def candidate(uri: str, run: str, value: float) -> dict:
+            return {"final_mmd": value, "epochs": 30, "model_uri": uri, "run_id": run}
+
+        first = results.crown(cfg, candidate(a_uri, a_run, score_a), (2,), reference, None)
+        assert first["registered"] and first["champion"] is None
+        client = MlflowClient()
+        v1 = client.get_model_version_by_alias("guarded", registry.ALIAS).version
+        assert registry.champion("guarded")[0] == str(v1)
+
+        second = results.crown(cfg, candidate(b_uri, b_run, score_b), (2,), reference, None)
+        assert not second["registered"] and second["registered_version"] == ""
+        assert second["champion"]["final_mmd"] == pytest.approx(score_a)
+        assert "does not beat champion" in second["reason"]
+        assert client.get_model_version_by_alias("guarded", registry.ALIAS).version == v1
+        assert len(client.search_model_versions("name='guarded'")) == 1
+
+        # B against no champion but a better train-stage model: still not registered
+        client.delete_registered_model_alias("guarded", registry.ALIAS)
+        third = results.crown(cfg, candidate(b_uri, b_run, score_b), (2,), reference, a_path)
+        assert not third["registered"] and "train_model" in third["reason"]
+        assert third["train_model"]["final_mmd"] == pytest.approx(score_a)
+        assert np.isfinite(third["candidate"]["final_mmd"])
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_the_champion_decision_needs_a_strictly_better_score():
+    assert results.decide(0.3, {"champion": 0.4, "train_model": None})[0]
+    assert not results.decide(0.4, {"champion": 0.4})[0]  # a tie keeps the old champion
+    assert not results.decide(0.3, {"champion": 0.5, "train_model": 0.2})[0]
+    assert results.decide(0.3, {})[1] == "no champion or train-stage model to beat"
+    assert not results.decide(float("nan"), {})[0]
+
+
+def test_score_is_the_loops_val_mmd_of_the_same_weights(moons):
+    """``final_mmd`` (what decides the champion) equals the training loop's last ``val_mmd``:
+    the same validation points, noise seed and EMA weights."""
+    import torch
+
+    from lincore.generators import OneStepFlowMatching
+    from pipelines.common.config import parse
+    from pipelines.common.data import read_split
+    from pipelines.common.one_step_sampler import OneStepSampler
+    from pipelines.training.driver import loop_config
+    from pipelines.training.loop import fit_epochs
+    from pipelines.training.state import final_weights
+
+    class Session:
+        world, rank, device, cpu_threads = 1, 0, torch.device("cpu"), None
+
+        def __init__(self) -> None:
+            self.reports: list = []
+
+        def latest_state(self) -> None:
+            return None
+
+        def prepare(self, loader, model):
+            return loader, model
+
+        def report(self, metrics: dict, state: dict | None) -> None:
+            self.reports.append((metrics, state))
+
+    cfg = parse(
+        {
+            "model": {"rank": 1, "depth": 1, "hidden": 8, "operator_hidden": 8},
+            "train": {"epochs": 2, "batch_size": 64},
+            "evaluate": {"steps": 10},
+        }
+    )
+    session = Session()
+    fit_epochs(loop_config(cfg, moons / "train.parquet", moons / "val.parquet"), session)
+    metrics, state = session.reports[-1]
+    model = OneStepFlowMatching.build((2,), cfg.model, seed=cfg.train.seed, steps=10)
+    model.load_state_dict(final_weights(state))
+    xv, _, _ = read_split(moons / "val.parquet")
+    scored = results.score(OneStepSampler(model, 10), xv)
+    assert scored["final_mmd"] == pytest.approx(metrics["val_mmd"], rel=1e-6)
+
+
+# --- MLflow: datasets, full configs, the experiment kind ------------------------------------------
+
+
+def test_the_dataset_input_carries_the_dvc_md5_and_a_profile(moons, tmp_path, monkeypatch):
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from pipelines.common import tracking
+    from pipelines.common.tracking import dataset
+
+    root = tmp_path / "proj"
+    folder = root / "data" / "prepared"
+    shutil.copytree(moons, folder)
+    monkeypatch.setenv("LINEARIZER_ROOT", str(root))
+    digest = dataset.dvc_dir_md5(folder)
+    assert dataset.describe(folder)[1]["dvc_lock"] == "absent"
+    lock = {"stages": {"prepare": {"outs": [{"path": "data/prepared", "md5": digest + ".dir"}]}}}
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert dataset.dvc_lock_md5(folder) == digest
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    tracking.log_dataset(client, run_id, folder, name="moons")
+    (logged,) = client.get_run(run_id).inputs.dataset_inputs
+    ds = logged.dataset
+    assert (ds.name, ds.digest, ds.source_type) == ("moons", digest, "local")
+    assert json.loads(ds.source)["uri"] == str(folder)
+    profile = json.loads(ds.profile)
+    assert profile["splits"] == {"train": 420, "val": 60, "test": 120} and profile["rows"] == 600
+    assert profile["shape"] == [2] and profile["dvc_lock"] == "match"
+    assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "training")]
+    assert "mlflow_colspec" in ds.schema
+
+    (folder / "extra.txt").write_text("changed")  # the data changed after dvc.lock was written
+    assert dataset.describe(folder)[1]["dvc_lock"] == "stale"
+    assert dataset.describe(folder)[0] != digest
+
+
+@pytest.mark.slow
+def test_the_dataset_digest_is_what_dvc_writes(moons, tmp_path):
+    folder = tmp_path / "prepared"
+    import shutil
+
+    from pipelines.common.tracking import dataset
+
+    shutil.copytree(moons, folder)
+    sh([str(BIN / "dvc"), "init", "--no-scm", "-q"], tmp_path, timeout=120)
+    sh([str(BIN / "dvc"), "add", "-q", "prepared"], tmp_path, timeout=120)
+    written = yaml.safe_load((tmp_path / "prepared.dvc").read_text())["outs"][0]["md5"]
+    assert written == dataset.dvc_dir_md5(folder) + ".dir"
+
+
+def test_the_experiment_is_marked_for_model_development(tmp_path):
+    """Set by ``tracking.setup`` (the UI then opens the runs table, not the GenAI overview)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.common import tracking
+    from pipelines.common.config import MlflowConfig
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    try:
+        exp_id = tracking.setup(MlflowConfig(tracking_uri=uri, artifact_location=str(tmp_path)))
+        tags = MlflowClient(uri).get_experiment(exp_id).tags
+        assert tags.get("mlflow.experimentKind") == "custom_model_development"
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+class _Trial:
+    """What the MLflow callback reads of a Tune trial."""
+
+    def __init__(self, trial_id: str, config: dict) -> None:
+        self.trial_id, self.config = trial_id, config
+
+    def __str__(self) -> str:
+        return f"run_trial_{self.trial_id}"
+
+
+def test_child_runs_carry_the_whole_config_the_dataset_and_their_trial_id(moons, tmp_path):
+    """One run per attempt: the resolved config of the trial (every key the train run logs),
+    the dataset input, ``linearizer.trial_id``, metrics at step ``epoch + 1``; a retried
+    attempt gets a new run and ``child_runs`` finds the newest by its trial id."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.common.config import parse
+    from sweeps import trial as trial_mod
+    from sweeps.mlflow_runs import TRIAL_TAG, attempt_logger, child_runs
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    cfg = parse({"data": {"name": "moons"}, "sweep": {"max_epochs": 3, "workers_per_trial": 0}})
+    client = MlflowClient(uri)
+    try:
+        exp = client.create_experiment("linearizer")
+        parent = client.create_run(exp).info.run_id
+        logger = attempt_logger(cfg, tmp_path / "sweep", moons)(
+            tracking_uri=uri, experiment_name="linearizer", tags={"mlflow.parentRunId": parent}
+        )
+        logger.setup()
+        t = _Trial("abc123", {"model.rank": 1, "train.lr": 0.003})
+        logger.log_trial_start(t)
+        logger.log_trial_result(1, t, {"val_mmd": 0.5, "epoch": 0, "epochs_done": 1, "x": "s"})
+        first = logger._trial_runs[t]
+        run = client.get_run(first)
+        expected = trial_mod.logged_params(
+            trial_mod.trial_config(cfg, t.config, tmp_path / "sweep")
+        )
+        assert set(expected) >= {"model.depth", "train.epochs", "data.name", "evaluate.steps"}
+        for key, value in expected.items():
+            assert run.data.params[key] == str(value), key
+        assert run.data.params["train.epochs"] == "3" and run.data.params["model.rank"] == "1"
+        assert run.data.params["data.shape"] == "(2,)"
+        assert run.data.tags[TRIAL_TAG] == "abc123"
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["moons"]
+        assert [m.step for m in client.get_metric_history(first, "val_mmd")] == [1]
+
+        logger.on_trial_recover(1, [t], t)  # Tune retries the crashed attempt
+        logger.log_trial_result(2, t, {"val_mmd": 0.4, "epoch": 1, "epochs_done": 2})
+        second = logger._trial_runs[t]
+        assert second != first and client.get_run(first).info.status == "FAILED"
+        assert client.get_run(second).data.tags[TRIAL_TAG] == "abc123"
+        assert child_runs(exp, parent)["abc123"].info.run_id == second
     finally:
         mlflow.set_tracking_uri(None)
 
@@ -402,3 +763,58 @@ def test_a_pareto_sweep_writes_the_front_and_picks_its_best_from_it(project):
     on_front = [t for t in trials if t["pareto"]]
     assert best["val_mmd"] == min(t["val_mmd"] for t in on_front)
     assert (project / "results/sweep/pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_trials_at_once_retrains_its_best_and_logs_like_the_train_run(project):
+    """TPE + ASHA, two trials at a time: their child runs overlap in time (Tune's
+    ConcurrencyLimiter lets two run, not one), carry the resolved config, the dataset and their
+    trial id; the best configuration is retrained at train.epochs in a run of its own and,
+    with nothing to beat, registered; best_params.yaml records both budgets."""
+    from mlflow import MlflowClient
+
+    params = yaml.safe_load(tiny(n=4, epochs=2, concurrent=2))
+    params["train"]["epochs"] = 4
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    r = run_sweep(project, "--name", "single", "--model", "no/such/model.pt")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "candidate (retrain, 4 epochs)" in out and "train stage's model: none" in out
+
+    best = yaml.safe_load((project / "results/sweep/best_params.yaml").read_text())
+    assert best["objective"]["budget_epochs"] == 2 == best["objective"]["max_epochs"]
+    decision = best["champion"]
+    assert decision["candidate"]["source"] == "retrain" and decision["candidate"]["epochs"] == 4
+    assert decision["registered"] is True or "does not beat champion" in decision["reason"]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("linearizer")
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    mine = "tags.`linearizer.sweep` = 'single'"
+    (parent,) = client.search_runs(
+        [exp.experiment_id],
+        f"{mine} and tags.`linearizer.role` = 'parent'",
+    )
+    assert [d.dataset.name for d in parent.inputs.dataset_inputs] == ["moons"]
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert len(children) == 4
+    spans = sorted((c.info.start_time, c.info.end_time) for c in children)
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans)), spans  # two ran at once
+    digest = parent.inputs.dataset_inputs[0].dataset.digest
+    for c in children:
+        assert {d.dataset.digest for d in c.inputs.dataset_inputs} == {digest}
+        assert c.data.tags["linearizer.trial_id"] and c.data.params["train.epochs"] == "2"
+        assert {"model.operator", "train.batch_size", "evaluate.steps", "data.shape"} <= set(
+            c.data.params
+        )
+    (retrain,) = client.search_runs(
+        [exp.experiment_id],
+        f"{mine} and tags.`linearizer.role` = 'retrain'",
+    )
+    assert retrain.data.params["train.epochs"] == "4" and retrain.info.status == "FINISHED"
+    assert retrain.data.tags["linearizer.trial_id"] == str(best["objective"]["trial_id"])
+    steps = [m.step for m in client.get_metric_history(retrain.info.run_id, "val_mmd")]
+    assert sorted(steps) == [1, 2, 3, 4]
+    assert retrain.data.metrics["final_mmd"] == pytest.approx(decision["candidate"]["final_mmd"])

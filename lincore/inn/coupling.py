@@ -83,7 +83,9 @@ class AffineCoupling(InvertibleBlock):
         self.clamp = float(clamp)
 
     def _scale_shift(self, x1: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
-        s, t = self.conditioner(x1, cond).chunk(2, dim=1)
+        # under autocast the conditioner runs in bf16/fp16; the scale, the shift and so the
+        # log-determinant sum are in the flow's own dtype, consistent with the map applied
+        s, t = self.conditioner(x1, cond).to(x1.dtype).chunk(2, dim=1)
         return self.clamp * torch.tanh(s / self.clamp), t
 
     def forward_and_log_det(self, x: Tensor, *, cond: Tensor | None = None) -> FlowOutput:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from torch import Tensor, nn
 
@@ -11,6 +13,17 @@ from lincore.inn.base import FlowOutput, InvertibleBlock
 def _rows(x: Tensor) -> Tensor:
     """``(B, C)`` or ``(B, C, H, W)`` -> ``(N, C)`` rows, channels last."""
     return x if x.dim() == 2 else x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def _full_precision(x: Tensor) -> AbstractContextManager:
+    """Autocast off (mixed-precision training): the mixing, its triangular solves and its
+    log-determinant stay in the parameters' dtype, so the inverse undoes the forward map."""
+    device = x.device.type
+    return (
+        torch.autocast(device, enabled=False)
+        if torch.is_autocast_enabled(device)
+        else nullcontext()
+    )
 
 
 def _unrows(r: Tensor, like: Tensor) -> Tensor:
@@ -69,14 +82,18 @@ class InvertibleConv1x1(InvertibleBlock):
         return (lower @ upper)[self.perm]
 
     def forward_and_log_det(self, x: Tensor, *, cond: Tensor | None = None) -> FlowOutput:
-        lower, upper = self._factors()
-        r = ((_rows(x) @ upper.T) @ lower.T)[:, self.perm]  # X W^T = X U^T L^T P^T
-        log_det = (self.log_s.sum() * x[0, 0].numel()).expand(x.shape[0])
+        with _full_precision(x):
+            lower, upper = self._factors()
+            r = ((_rows(x) @ upper.T) @ lower.T)[:, self.perm]  # X W^T = X U^T L^T P^T
+            log_det = (self.log_s.sum() * x[0, 0].numel()).expand(x.shape[0])
         return FlowOutput(_unrows(r, x), log_det)
 
     def inverse(self, z: Tensor, *, cond: Tensor | None = None) -> Tensor:
-        lower, upper = self._factors()
-        r = _rows(z)[:, self.inv_perm]  # Z P, then solve X1 L^T = Z P, X U^T = X1
-        r = torch.linalg.solve_triangular(lower.T, r, upper=True, left=False, unitriangular=True)
-        r = torch.linalg.solve_triangular(upper.T, r, upper=False, left=False)
+        with _full_precision(z):
+            lower, upper = self._factors()
+            r = _rows(z)[:, self.inv_perm]  # Z P, then solve X1 L^T = Z P, X U^T = X1
+            r = torch.linalg.solve_triangular(
+                lower.T, r, upper=True, left=False, unitriangular=True
+            )
+            r = torch.linalg.solve_triangular(upper.T, r, upper=False, left=False)
         return _unrows(r, z)

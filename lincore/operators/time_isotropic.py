@@ -106,7 +106,7 @@ class TimeIsotropicLowRank(nn.Module):
 
     def matrix_at(self, t: float, *, dtype: torch.dtype) -> IdentityPlusBasis:
         """``A_t`` as ``a I + U K V^T`` in ``dtype`` (for the exact collapse)."""
-        tt = torch.tensor([t], dtype=self.U.dtype, device=self.U.device)
+        tt = torch.full((1,), t, dtype=self.U.dtype, device=self.U.device)  # no host copy
         # copies: a collapsed sampler must not follow the parameters through a later .float()
         return IdentityPlusBasis(
             self.coefficient(tt)[0].to(dtype),

@@ -66,6 +66,6 @@ class TimeLowRank(nn.Module):
     def matrix_at(self, t: float, *, dtype: torch.dtype) -> IdentityPlusLowRank:
         """``A_t`` as ``0 I + U_t V_t^T`` in ``dtype`` (for the exact collapse)."""
         ref = next(self.parameters())
-        u, v = self.factors_at(torch.tensor([t], dtype=ref.dtype, device=ref.device))
+        u, v = self.factors_at(torch.full((1,), t, dtype=ref.dtype, device=ref.device))
         zero = torch.zeros((), dtype=dtype, device=ref.device)
         return IdentityPlusLowRank(zero, u[0].to(dtype), v[0].to(dtype))

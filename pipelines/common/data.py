@@ -3,15 +3,19 @@
 A prepared split is a Parquet file with one row per sample: ``x``, a fixed-size list of float32
 (the flattened sample), and ``label`` (int64, -1 when unlabelled); the schema metadata carries
 ``shape``, ``value_range``, ``source``, ``seed`` and ``bins`` (grey levels of dequantised discrete
-data; 0 for continuous data). Nothing is downloaded: toys are generated,
-digits ship inside scikit-learn, everything else comes from a local path.
+data; 0 for continuous data). Nothing is downloaded from the internet: toys are generated,
+digits ship inside scikit-learn, everything else comes from a local path or from a URI
+(``s3://``, ``gs://``, ``file://``) on the user's own storage, read through ``pyarrow.fs``.
+Prepared splits may live at a URI too (``write_split``/``read_split``).
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from lincore.toys import TOYS, toy
+from pipelines.common import storage
 from pipelines.common.atomic import atomic_path
 from pipelines.common.config import DataConfig, resolve
 from pipelines.common.errors import DataError
@@ -101,6 +106,17 @@ def _image_folder(path: Path, size: int) -> Dataset:
 
 def _from_path(cfg: DataConfig) -> Dataset:
     path = resolve(cfg.path)
+    if isinstance(path, storage.StorageUri):
+        if not path.exists():
+            raise DataError(f"data.path {path} does not exist; point it at a file or folder")
+        with tempfile.TemporaryDirectory(prefix="lzr-data-") as folder:
+            local = storage.download(path, Path(folder))  # then read as any local data set
+            ds = _from_local_path(local, cfg)
+            return Dataset(ds.x, ds.labels, str(path), ds.bins)
+    return _from_local_path(path, cfg)
+
+
+def _from_local_path(path: Path, cfg: DataConfig) -> Dataset:
     if not path.exists():
         raise DataError(f"data.path {path} does not exist; point it at a local file or folder")
     if path.is_dir():
@@ -147,8 +163,9 @@ def split(ds: Dataset, cfg: DataConfig) -> dict[str, Dataset]:
     return {k: Dataset(ds.x[i], ds.labels[i], ds.source, ds.bins) for k, i in parts.items()}
 
 
-def write_split(path: Path, ds: Dataset, *, seed: int) -> None:
-    """One Parquet file, written atomically, with the data contract in its schema metadata."""
+def write_split(path: Path | storage.StorageUri, ds: Dataset, *, seed: int) -> None:
+    """One Parquet file, written atomically (a local path or a URI, see ``atomic``), with the
+    data contract in its schema metadata."""
     flat = ds.x.reshape(len(ds.x), -1).astype(np.float32)
     dim = flat.shape[1]
     column = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.float32()), dim)
@@ -166,12 +183,18 @@ def write_split(path: Path, ds: Dataset, *, seed: int) -> None:
 
 
 def read_split(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
-    """``(x (N, *shape) float32, labels (N,), metadata)`` from a prepared split, checked."""
-    p = Path(path)
-    if not p.is_file():
+    """``(x (N, *shape) float32, labels (N,), metadata)`` from a prepared split (a local path
+    or a URI), checked."""
+    p = storage.StorageUri(path) if storage.is_uri(path) else Path(path)
+    try:
+        found = p.is_file()
+    except (pa.ArrowException, OSError) as err:  # a URI whose storage answered with an error
+        raise DataError(f"cannot read prepared data {p} ({' '.join(str(err).split())})") from None
+    if not found:
         raise DataError(f"prepared data {p} is missing; run `dvc repro prepare` first")
     try:
-        table = pq.read_table(p)
+        source = io.BytesIO(storage.read_bytes(p)) if isinstance(p, storage.StorageUri) else p
+        table = pq.read_table(source)
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{p} is not a readable Parquet file ({err}); re-run prepare") from None
     raw = table.schema.metadata or {}

@@ -2,8 +2,9 @@
 
 No ``RAY_ADDRESS``: a local one-node Ray in-process, bound to 127.0.0.1, that every one of its
 processes (this driver, its workers, Ray Train's detached helpers) finds by ``RAY_ADDRESS``
-alone, never by looking for Rays on the machine. With ``RAY_ADDRESS`` (or inside ``ray job
-submit``): join that cluster, and let it decide the resources.
+alone, never by looking for Rays on the machine; its workers find the code through
+``PYTHONPATH``. With ``RAY_ADDRESS`` (or inside ``ray job submit``): join that cluster, and let
+it decide the resources; the code travels with the job (``cluster_runtime_env``).
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ import os
 import socket
 import tempfile
 from collections.abc import Callable
+from importlib import metadata
+from typing import Any
 from urllib.parse import urlparse
 
-from pipelines.common import tracking
+from pipelines.common import storage, tracking
 from pipelines.common.config import ROOT
 from pipelines.common.errors import ConfigError, ServiceError
+
+PACKAGES = ("lincore", "pipelines", "sweeps")
+"""The project's code a Ray worker imports: shipped to a joined cluster as ``py_modules``."""
+PIP_ENV = "LINEARIZER_RUNTIME_PIP"
+"""``1``: a joined cluster also installs the project's pinned dependencies in each worker's
+runtime env (Ray's ``pip`` plugin; minutes on first use per node). Off by default: the nodes'
+own Python is expected to hold them."""
 
 # What keeps a Ray head started on this machine (ray.init() here, or the README's `ray start
 # --head --node-ip-address=127.0.0.1`) on 127.0.0.1 only. With it, services.get_node_ip_address()
@@ -66,6 +76,35 @@ def _own_cluster_hook() -> Callable[[], None]:
     return pin_own_gcs_address
 
 
+def pinned_requirements() -> list[str]:
+    """The project's own dependencies as pyproject.toml pins them (``torch==2.13.0``, ...), read
+    from its installed metadata, extras left out."""
+    return [
+        req.split(";")[0].replace(" ", "")
+        for req in metadata.requires("linearizer") or []
+        if "extra ==" not in req
+    ]
+
+
+def cluster_runtime_env() -> dict[str, Any]:
+    """The runtime env of a driver joining a cluster through ``RAY_ADDRESS``.
+
+    Code: ``lincore``, ``pipelines`` and ``sweeps`` as ``py_modules``: Ray zips each folder
+    (``__pycache__`` left out), uploads it to the cluster's GCS once per content hash, and puts it
+    on every worker's ``sys.path``; a ``PYTHONPATH`` naming this checkout would mean nothing on
+    another node. Settings: workers on other nodes do not inherit this process's environment, so
+    it hands them the MLflow client's settings (rank 0 logs each epoch to a server behind auth)
+    and the S3 ones (the endpoint of ``train.storage_path`` and of the prepared data)."""
+    env: dict[str, Any] = {
+        "py_modules": [str(ROOT / name) for name in PACKAGES],
+        "excludes": ["__pycache__/", "*.pyc"],
+        "env_vars": {**tracking.client_env(), **storage.client_env()},
+    }
+    if os.environ.get(PIP_ENV) == "1":
+        env["pip"] = pinned_requirements()
+    return env
+
+
 def _reachable(address: str, timeout: float = 3.0) -> bool:
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     if not parsed.hostname or not parsed.port:
@@ -92,11 +131,9 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
         del os.environ["RAY_ADDRESS"]  # ours, for a local Ray since shut down: start a new one
     _exported_address = None
     address = os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {"PYTHONPATH": str(ROOT)}}
+    runtime_env: dict[str, Any] | None = {"env_vars": {"PYTHONPATH": str(ROOT)}}
     if address:
-        # workers on other nodes do not inherit this process's environment: hand them the
-        # MLflow client's settings, so that rank 0 can log each epoch to a server behind auth
-        runtime_env["env_vars"].update(tracking.client_env())
+        runtime_env = cluster_runtime_env()
         if not _reachable(address):
             raise ServiceError(
                 f"cannot reach the Ray cluster at RAY_ADDRESS={address}; check `ray status` on "
@@ -107,7 +144,11 @@ def init(*, num_cpus: int | None = None, dashboard: bool = True, **resources: fl
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            raise ServiceError(f"cannot join the Ray cluster at {address}: {err}") from None
+            raise ServiceError(
+                f"cannot join the Ray cluster at {address}: {' '.join(str(err).split())} (a "
+                "cluster with token auth also needs RAY_AUTH_MODE=token and its token in "
+                "RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+            ) from None
         return
     # A temp folder of its own (inherited by every Ray process it starts): two local pipelines on
     # one machine, or one after a `ray start` cluster, then never read each other's address

@@ -1,11 +1,13 @@
 """Stage ``evaluate``: collapse the trained sampler and score one-step sampling on the test split.
 
     python -m pipelines.stages.evaluate [--params params.yaml] [--data data/prepared]
-                                        [--model models]
+                                        [--model models] [--device auto|cpu|cuda]
 
 Writes ``metrics.json`` (DVC metrics), ``plots/steps.csv`` (one-step vs multi-step by T) and PNG
 images (samples, interpolation, quality by steps) for DVC, and logs all of it to the training
-run in MLflow.
+run in MLflow. It runs on the GPU when there is one (``--device``; the collapse and the
+exactness checks in float64 there too) and draws its noise on the CPU, so a seed gives the same
+noise, and the same metrics up to round-off, on any device.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -36,6 +39,7 @@ from pipelines.common import figures, tracking
 from pipelines.common.atomic import write_csv, write_json
 from pipelines.common.data import read_split
 from pipelines.common.errors import DataError, cli
+from pipelines.common.one_step_sampler import default_device, parse_device
 
 SECTIONS = ("evaluate", "mlflow")
 """The params.yaml sections this stage reads (dvc.yaml's ``params`` for it)."""
@@ -52,6 +56,7 @@ def evaluate(
     n_samples: int,
     *,
     bins: int = 0,
+    device: str | torch.device | None = None,
 ) -> tuple[dict, list[dict], dict]:
     """``(metrics, rows of quality by steps, images)`` for a trained one-step generator.
 
@@ -60,11 +65,16 @@ def evaluate(
     pairs) stay on the data (``interpolation_*`` next to the samples' figures: same count, same
     held-out reference), how many sample values leave the data's range, and the NLL per bin of
     dequantised data (``bins`` grey levels; 0 = continuous).
+
+    ``model`` is moved to ``device`` (``None``: the GPU when there is one); the noise is drawn
+    on the CPU and moved there, the images come back on the CPU.
     """
+    dev = default_device(device)
+    model.to(dev)
     torch.manual_seed(0)
-    xt = torch.from_numpy(test)
+    xt = torch.from_numpy(test).to(dev)
     n = n_samples or len(xt)
-    x0 = torch.randn(n, *model.event_shape, generator=torch.Generator().manual_seed(1))
+    x0 = torch.randn(n, *model.event_shape, generator=torch.Generator().manual_seed(1)).to(dev)
     ref = xt[:n]
     model.double()  # the exactness checks, inversion and NLL in float64
     x64 = x0.double()
@@ -74,7 +84,7 @@ def evaluate(
     noise_back = model.invert(one["euler"], b["euler"])
     test_noise = model.invert(xt.double(), b["euler"])
     test_back = model.sample_one_step(test_noise, b["euler"])
-    mid = midpoints(model, torch.from_numpy(train), n, b["euler"])
+    mid = midpoints(model, torch.from_numpy(train).to(dev), n, b["euler"])
     typical = typicality(test_noise)
     dense_big = not b["euler"].factored and model.dim > 4096  # O(D^3): skip, report nan
     singular = torch.full((1,), math.nan) if dense_big else b["euler"].singular_values()
@@ -125,12 +135,22 @@ def evaluate(
     }
     if (labels >= 0).all() and len(np.unique(labels)) > 1:
         clf = fit_classifier(torch.from_numpy(train), torch.from_numpy(labels), steps=800)
-        metrics["frechet_classifier"] = frechet_distance(clf.features(samples), clf.features(ref))
-        metrics["interpolation_frechet_classifier"] = frechet_distance(
-            clf.features(mid), clf.features(ref)
-        )
-    one_s = median_seconds(lambda: model.sample_one_step(x0, b["euler"]), 5)
-    multi_s = median_seconds(lambda: model.sample(x0, steps, "euler"), 1)
+        feats = {k: clf.features(v.cpu()) for k, v in (("s", samples), ("m", mid), ("r", ref))}
+        metrics["frechet_classifier"] = frechet_distance(feats["s"], feats["r"])
+        metrics["interpolation_frechet_classifier"] = frechet_distance(feats["m"], feats["r"])
+
+    def finished(fn: Callable[[], object]) -> Callable[[], None]:
+        """``fn`` timed to its end: a GPU runs asynchronously, so wait for it."""
+
+        def run() -> None:
+            fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        return run
+
+    one_s = median_seconds(finished(lambda: model.sample_one_step(x0, b["euler"])), 5)
+    multi_s = median_seconds(finished(lambda: model.sample(x0, steps, "euler")), 1)
     metrics |= {
         "samples_per_s_one_step": n / one_s,
         "samples_per_s_multi_step": n / multi_s,
@@ -139,7 +159,7 @@ def evaluate(
 
     alphas = torch.linspace(0, 1, 9)
     path = model.interpolate(xt[:4], xt[4:8], alphas, b["euler"])
-    images = {"samples": samples.numpy(), "interpolation": path.numpy()}
+    images = {"samples": samples.cpu().numpy(), "interpolation": path.cpu().numpy()}
     return metrics, rows, images
 
 
@@ -147,8 +167,8 @@ def midpoints(model: torch.nn.Module, pool: torch.Tensor, n: int, b: object) -> 
     """``n`` interpolation midpoints (alpha = 0.5, through the noise) of random pairs drawn from
     ``pool`` (training data): as many as the samples they are compared with, and none built
     from the held-out reference, so both MMD and Fréchet compare like with like."""
-    gen = torch.Generator().manual_seed(2)
-    a, c = (torch.randint(len(pool), (n,), generator=gen) for _ in range(2))
+    gen = torch.Generator().manual_seed(2)  # indices drawn on the CPU: the same on any device
+    a, c = (torch.randint(len(pool), (n,), generator=gen).to(pool.device) for _ in range(2))
     return model.interpolate(pool[a].double(), pool[c].double(), torch.tensor([0.5]), b)[0].float()
 
 
@@ -159,8 +179,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", default=config_mod.MODELS)
     p.add_argument("--metrics", default=config_mod.METRICS)
     p.add_argument("--plots", default=config_mod.PLOTS)
+    p.add_argument(
+        "--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1"
+    )
     args = p.parse_args(argv)
     cfg = config_mod.load(args.params, SECTIONS)
+    device = parse_device(args.device)
     data_dir, model_dir = (config_mod.resolve(a) for a in (args.data, args.model))
     plots = config_mod.output_path(args.plots, "--plots")
     test, _, meta = read_split(data_dir / "test.parquet")
@@ -179,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg.evaluate.steps,
         cfg.evaluate.n_samples,
         bins=int(meta.get("bins", 0)),
+        device=device,
     )
     shape = tuple(meta["shape"])
     grid = images["samples"][: cfg.evaluate.grid] if len(shape) > 1 else images["samples"]

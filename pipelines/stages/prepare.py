@@ -2,7 +2,8 @@
 
     python -m pipelines.stages.prepare [--params params.yaml] [--out data/prepared]
 
-Deterministic for ``data.seed``; every file is written atomically.
+Deterministic for ``data.seed``; every file is written atomically. ``--out`` (and ``data.path``)
+may be a URI such as ``s3://bucket/prepared`` (see ``pipelines.common.storage``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     p.add_argument("--out", default=config_mod.PREPARED)
     args = p.parse_args(argv)
     cfg = config_mod.load(args.params, SECTIONS)
-    out = config_mod.output_path(args.out, "--out")
+    out = config_mod.output_path(args.out, "--out", uri=True)  # a folder or a URI (s3://...)
     ds = data.build(cfg.data)
     splits = data.split(ds, cfg.data)
     for name, part in tqdm(splits.items(), desc="writing Parquet", unit="split"):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import warnings
 
 from lincore.generators import OneStepFlowMatching
 from pipelines.common import checkpoints as checkpoint
@@ -62,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_dir = config_mod.resolve(args.data)
     out = config_mod.output_path(args.out, "--out")
     plots = config_mod.output_path(args.plots, "--plots")
-    storage = config_mod.output_path(cfg.train.storage_path, "train.storage_path")  # before Ray
+    storage = config_mod.output_path(cfg.train.storage_path, "train.storage_path", uri=True)
     train_path, val_path = data_dir / "train.parquet", data_dir / "val.parquet"
     x, _, meta = read_split(train_path)
     xv, _, _ = read_split(val_path)
@@ -97,9 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ray.run_name": run_name,
         "ray.storage_path": str(storage / run_name),
     }
-    with warnings.catch_warnings():  # MLflow registers its local-file source twice and says so
-        warnings.filterwarnings("ignore", message="The specified dataset source can be")
-        dataset = mlflow.data.from_numpy(x, source=str(train_path), name=f"{cfg.data.name}-train")
+    dataset = tracking.dataset_input(data_dir, name=cfg.data.name)  # digest: its DVC md5
     run_id, before = tracking.open_train_run(
         client, exp_id, run_name, params, previous=resumed, dataset=dataset
     )
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "train_loss": final["train_loss"],
                 "val_loss": final["val_loss"],
                 "roundtrip_error": final["roundtrip_error"],
-                "checkpoint_path": str(result.path),
+                "checkpoint_path": str(storage / run_name),  # result.path drops s3://
             }
             write_json(out / "summary.json", summary)
     print(

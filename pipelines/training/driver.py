@@ -1,5 +1,14 @@
 """The driver side of training: one Ray Train ``TorchTrainer`` run of the epoch loop, with
-checkpoints, failure handling and a one-line error when it fails."""
+checkpoints, failure handling and a one-line error when it fails.
+
+Checkpoints go to ``train.storage_path``, a folder or a URI (``s3://bucket/runs``; an
+S3-compatible endpoint through ``AWS_ENDPOINT_URL``), which Ray Train takes as it is.
+
+Failure handling: Ray Train retries a failed worker group ``train.max_failures`` times, whatever
+failed. A ``NumericalFault`` (NaN/inf, a network no longer invertible) is deterministic: each
+epoch's randomness depends only on seed, rank and epoch, so a restart from the last checkpoint
+meets the same fault. ``fail_fast_on_numerical_faults`` stops such a run at its first failure.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +27,46 @@ def unique_run_name(prefix: str = "train") -> str:
     """A fresh Ray run name: a reused one would silently resume an old run (Ray Train continues
     any run whose name already exists under its storage path)."""
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def fail_fast_on_numerical_faults() -> Any:
+    """A ``ray.train.UserCallback`` that ends the run, without a restart, when a worker failed
+    with a ``NumericalFault``.
+
+    Ray Train v2 retries every worker-group error (``DefaultFailurePolicy``), but an exception
+    raised by a callback in the controller's loop becomes a ``ControllerError``, which its
+    failure policy does not retry: ``after_exception`` raising on a ``NumericalFault`` makes
+    ``fit()`` fail at once. The class is built here so that Ray pickles it by value: the
+    controller runs it without importing this module (and torch with it); the fault is found by
+    its class name for the same reason."""
+    import ray.train
+
+    class FailFastOnNumericalFault(ray.train.UserCallback):
+        def after_exception(
+            self, run_context: Any, worker_exceptions: dict[int, Exception]
+        ) -> None:
+            for rank, error in sorted(worker_exceptions.items()):
+                fault = _numerical_fault(error)
+                if fault is not None:
+                    raise RuntimeError(
+                        f"NumericalFault on worker {rank} (deterministic: not retried): {fault}"
+                    )
+
+    def _numerical_fault(error: BaseException) -> BaseException | None:
+        """``error`` itself, or what it wraps (Ray's ``UserExceptionWithTraceback``, causes)."""
+        stack: list[Any] = [error]
+        seen: set[int] = set()
+        while stack:
+            e = stack.pop()
+            if not isinstance(e, BaseException) or id(e) in seen:
+                continue
+            seen.add(id(e))
+            if any(c.__name__ == "NumericalFault" for c in type(e).__mro__):
+                return e
+            stack += [getattr(e, "_base_exc", None), e.__cause__, e.__context__]
+        return None
+
+    return FailFastOnNumericalFault()
 
 
 def loop_config(
@@ -71,10 +120,10 @@ def run(
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(output_path(t.storage_path, "train.storage_path")),
+            storage_path=str(output_path(t.storage_path, "train.storage_path", uri=True)),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
-            callbacks=callbacks,
+            callbacks=[fail_fast_on_numerical_faults(), *(callbacks or [])],
         ),
     )
     try:

@@ -9,16 +9,16 @@ rank 0. A restarted worker group resumes from the latest checkpoint (``FailureCo
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, TensorDataset
 
+from lincore import unchecked
 from lincore.generators import OneStepFlowMatching
 from lincore.metrics import mmd, typicality
 from pipelines.common import fault_injection, hooks, tracking
@@ -31,9 +31,99 @@ from pipelines.training.session import RayTrainSession, Session
 if TYPE_CHECKING:
     from pipelines.common.one_step_sampler import OneStepSampler
 
+FINITE_CHECK_EVERY = 50
+"""Steps between reads of the loss watch (each read waits for the GPU); also at each epoch end."""
+
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+"""``train.precision`` -> the autocast dtype of the forward pass (``None``: no autocast)."""
+
 
 class NumericalFault(RuntimeError):
     """Training produced NaN/inf or a network that is no longer invertible in float32."""
+
+
+class MixedPrecision:
+    """``train.precision`` on a device: the autocast of the forward pass (the loss) and, for fp16,
+    the ``GradScaler``. The networks keep float32 weights; lincore keeps their log-determinants
+    and likelihood terms in float32 and the collapse in float64 under autocast."""
+
+    def __init__(self, precision: str, device: torch.device) -> None:
+        if precision not in AUTOCAST_DTYPES:
+            raise LinearizerError(
+                f"train.precision must be one of {', '.join(AUTOCAST_DTYPES)}, got {precision!r}"
+            )
+        if precision == "fp16" and device.type != "cuda":
+            raise LinearizerError(
+                f"train.precision fp16 needs a CUDA GPU (fp16 autocast and its GradScaler are "
+                f"CUDA-only) but this worker runs on {device}: set train.use_gpu: true on a GPU "
+                "machine, or use bf16 (CPU too) or fp32"
+            )
+        self.device_type, self.dtype = device.type, AUTOCAST_DTYPES[precision]
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def autocast(self) -> AbstractContextManager:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+class LossWatch:
+    """An epoch's loss sum and its first non-finite loss, kept on the device: adding a step's
+    loss never waits for the GPU; ``first_bad`` reads it (one sync) every
+    ``FINITE_CHECK_EVERY`` steps and at the epoch's end."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_value = torch.zeros((), dtype=torch.float64, device=device)
+        self.steps = 0
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        value = loss.detach().to(torch.float64)
+        new = ~torch.isfinite(value) & (self.bad_step < 0)
+        self.bad_step = torch.where(new, step, self.bad_step)
+        self.bad_value = torch.where(new, value, self.bad_value)
+        self.total += value
+        self.steps += 1
+
+    def first_bad(self) -> tuple[int, float] | None:
+        """``(step, loss)`` of the first non-finite loss so far, or ``None``."""
+        step = int(self.bad_step)
+        return None if step < 0 else (step, float(self.bad_value))
+
+    def mean(self) -> float:
+        return float(self.total) / max(self.steps, 1)
+
+
+def train_step(
+    ddp: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    amp: MixedPrecision,
+    xb: torch.Tensor,
+    *,
+    lr: float,
+    grad_clip: float,
+) -> torch.Tensor:
+    """One optimizer step on a batch already on the device; returns the loss, a device tensor.
+
+    Nothing here waits for the GPU (with fp32 or bf16; fp16's GradScaler reads its inf check
+    once per step): lincore's value checks (NaN input, ActNorm initialised), each a host sync,
+    are off inside ``unchecked()`` (the data were checked when read, and the loop's
+    ``LossWatch`` catches a non-finite loss), and clipping scales on the device."""
+    with unchecked(), amp.autocast():
+        loss = ddp(xb)["loss"]
+    opt.zero_grad(set_to_none=True)
+    amp.scaler.scale(loss).backward()
+    if grad_clip > 0:
+        amp.scaler.unscale_(opt)  # fp16: clip the true gradients
+        params = [p for group in opt.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    amp.scaler.step(opt)
+    amp.scaler.update()
+    return loss
 
 
 def _val_metrics(
@@ -44,20 +134,23 @@ def _val_metrics(
     across loss weights) and ``val_inversion_energy`` (median ``|e|^2 / D`` of validation data
     inverted to noise: about 1 when the generator covers the data).
 
-    Also returns the sampler it collapsed (a CPU copy of ``model``), so that the epoch's
-    pictures reuse the collapse instead of computing it twice."""
+    Runs ``model`` (the EMA, or the weights being trained) where it is, on its device, with no
+    copy: the sampler only collapses it (float64 copies of the operator's factors) and puts it
+    in eval mode, which the caller had set already. Also returns that sampler, so that the
+    epoch's pictures reuse the collapse instead of computing it twice."""
     from pipelines.common.one_step_sampler import OneStepSampler
 
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        terms = {f"val_{k}": float(v) for k, v in model(xv).items()}
+    devices = [xv.device] if xv.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        torch.manual_seed(seed)
+        out = model(xv)
+        values = torch.stack([v.detach().to(torch.float64) for v in out.values()]).tolist()
+        terms = {f"val_{k}": v for k, v in zip(out, values, strict=True)}
+        sampler = OneStepSampler(model, steps, device=xv.device)
         ref = xv.cpu()
-        sampler = OneStepSampler(copy.deepcopy(model).cpu(), steps)
         terms["val_mmd"] = mmd(sampler.sample(len(ref), seed=seed), ref)
-        noise = sampler.model.invert(ref, sampler.collapsed)
+        noise = sampler.model.invert(xv, sampler.collapsed)
         terms["val_inversion_energy"] = typicality(noise)["median_energy"]
-    torch.random.set_rng_state(state)
     return terms, sampler
 
 
@@ -87,15 +180,16 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     epochs = int(config.get("epochs") or train_cfg.epochs)
     sampler_steps = int(config.get("steps") or 100)  # T of the collapsed sampler (val_mmd)
     world, rank, device = session.world, session.rank, session.device
-    if world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or world) // world))
+    threads = getattr(session, "cpu_threads", None)  # this worker's own share of its node
+    if threads:
+        torch.set_num_threads(threads)
+    amp = MixedPrecision(train_cfg.precision, device)
     x, _, meta = read_split(config["train_path"])
     xv, _, _ = read_split(config["val_path"])
     shape = tuple(meta["shape"])
     model = OneStepFlowMatching.build(shape, model_cfg, seed=train_cfg.seed, steps=sampler_steps)
     x_t, xv_t = torch.from_numpy(x), torch.from_numpy(xv[:512])
     model.initialize_from(x_t[:256])  # ActNorm (image flows); overwritten by a resumed state
-    opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
     start, history = 0, []
     resumed = session.latest_state()
     if resumed is not None:
@@ -107,26 +201,39 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
                 "existed, or with other model.* values): resume with the params it was trained "
                 "with (model.operator: low_rank, model.w_one_step_likelihood: 0 for old runs)"
             ) from None
-        opt.load_state_dict(resumed["optimizer"])
         start, history = int(resumed["epoch"]) + 1, list(resumed["history"])
     per_worker = max(1, train_cfg.batch_size // max(world, 1))
     loader = DataLoader(
-        TensorDataset(x_t), batch_size=per_worker, shuffle=True, drop_last=len(x) > per_worker
+        TensorDataset(x_t),
+        batch_size=per_worker,
+        shuffle=True,
+        drop_last=len(x) > per_worker,
+        pin_memory=device.type == "cuda",  # batches copied to the GPU without a host wait
     )
-    loader, ddp = session.prepare(loader, model)
+    loader, ddp = session.prepare(loader, model)  # the model on its device (and in DDP)
     raw = getattr(ddp, "module", ddp)
+    dtype = next(raw.parameters()).dtype  # batches follow the prepared model
+    # the optimizer and its resumed state after prepare: Adam's moments land on the
+    # parameters' device and dtype (load_state_dict casts to them)
+    opt = torch.optim.Adam(raw.parameters(), lr=train_cfg.lr)
+    if resumed is not None:
+        opt.load_state_dict(resumed["optimizer"])
+        if amp.scaler.is_enabled() and "scaler" in resumed:
+            amp.scaler.load_state_dict(resumed["scaler"])
     num_params = sum(p.numel() for p in raw.parameters())
     # the EMA of the weights is what validation, evaluation and the saved model use: it is the
-    # flow-matching standard for sample quality and steadies the metric sweeps compare
+    # flow-matching standard for sample quality and steadies the metric sweeps compare. Its
+    # copy lives on the device, its count (n_averaged) on the CPU; the averager updates it
+    # without reading either on the host
     ema = None
     if train_cfg.ema_decay > 0:
         averager = EmaWithWarmup(train_cfg.ema_decay)
         ema = AveragedModel(raw, multi_avg_fn=averager)
         if resumed is not None and "ema_state" in resumed:
             ema.load_state_dict(resumed["ema_state"])
-            averager.updates = int(ema.n_averaged) - 1  # the first update only copied
+            averager.resume(ema)
     evaluated = raw if ema is None else ema.module
-    xv_t = xv_t.to(device)
+    xv_t = xv_t.to(device, dtype)
     live = tracking.LiveRun.from_config(config, train_cfg.image_every) if rank == 0 else None
     for epoch in range(start, epochs):
         if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
@@ -135,38 +242,26 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
         # checkpoint retraces exactly the epochs an undisturbed run would have trained
         torch.manual_seed(train_cfg.seed + rank + 1_000_003 * epoch)
         ddp.train()
-        total, batches, t0 = 0.0, 0, time.perf_counter()
+        watch, t0 = LossWatch(device), time.perf_counter()
         for step, (xb,) in enumerate(loader):
-            try:
-                loss = ddp(xb.to(device))["loss"]
-            except ValueError as err:  # a network's own finiteness check fired
-                if "NaN or inf" not in str(err):
-                    raise
-                raise NumericalFault(
-                    f"NaN/inf inside the networks at epoch {epoch}, step {step} ({err}): lower "
-                    f"train.lr (now {train_cfg.lr})"
-                ) from None
-            if not torch.isfinite(loss):
-                raise NumericalFault(
-                    f"loss is {loss.item()} at epoch {epoch}, step {step}: lower train.lr "
-                    f"(now {train_cfg.lr}) or raise model.w_data_reconstruction"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(train_cfg, epoch, step, len(loader), epochs)
-            opt.step()
+            xb = xb.to(device, dtype, non_blocking=device.type == "cuda")
+            lr = learning_rate(train_cfg, epoch, step, len(loader), epochs)
+            loss = train_step(ddp, opt, amp, xb, lr=lr, grad_clip=train_cfg.grad_clip)
             if ema is not None:
-                ema.update_parameters(raw)
-            total, batches = total + loss.item(), batches + 1
-        if not all(bool(torch.isfinite(p).all()) for p in raw.parameters()):
+                averager.update_parameters(ema, raw)  # not ema.update_parameters: 2 syncs
+            watch.add(loss, step)
+            if (step + 1) % FINITE_CHECK_EVERY == 0:
+                _check_loss(watch, epoch, train_cfg)
+        _check_loss(watch, epoch, train_cfg)
+        finite = torch.stack([torch.isfinite(p).all() for p in raw.parameters()]).all()
+        if not bool(finite):
             raise NumericalFault(f"parameters became NaN/inf in epoch {epoch}: lower train.lr")
         raw.eval()
         evaluated.eval()
         val, val_sampler = _val_metrics(evaluated, xv_t, seed=1234, steps=sampler_steps)
         metrics = {
             "epoch": epoch,
-            "train_loss": total / max(batches, 1),
+            "train_loss": watch.mean(),
             **val,
             "roundtrip_error": raw.roundtrip_error(xv_t),  # the weights being trained
             "num_params": num_params,
@@ -198,6 +293,20 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             }
             if ema is not None:
                 state["ema_state"] = ema.state_dict()
+            if amp.scaler.is_enabled():
+                state["scaler"] = amp.scaler.state_dict()
         session.report(metrics, state)
         for hook in hooks.EPOCH_END:
             hook(epoch)
+
+
+def _check_loss(watch: LossWatch, epoch: int, train_cfg: TrainConfig) -> None:
+    """Stop on the first non-finite loss the watch saw (NaN/inf in the loss or inside the
+    networks), naming its epoch and step."""
+    bad = watch.first_bad()
+    if bad is not None:
+        step, value = bad
+        raise NumericalFault(
+            f"loss is {value} at epoch {epoch}, step {step}: lower train.lr "
+            f"(now {train_cfg.lr}) or raise model.w_data_reconstruction"
+        )

@@ -3,6 +3,7 @@ a Ray Tune trial process (in-process sweep trials). The loop sees only ``Session
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import Any, Protocol
 
@@ -18,10 +19,51 @@ class Session(Protocol):
     world: int
     rank: int
     device: torch.device
+    cpu_threads: int | None
+    """torch's intra-op threads for this worker (``None``: leave torch's own setting)"""
 
     def latest_state(self) -> dict[str, Any] | None: ...
     def prepare(self, loader: DataLoader, model: torch.nn.Module) -> tuple[Any, Any]: ...
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
+
+
+def _usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask: a container's or taskset's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _assigned_cpus() -> float:
+    """The CPUs Ray assigned to this worker or trial (0 outside Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0.0
+    return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
+
+
+def _node_cpus() -> int:
+    """The CPUs this node gives Ray (``ray start --num-cpus``), at most the usable cores."""
+    import ray
+
+    usable = _usable_cpus()
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+        node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
+        return max(1, min(usable, int(node["Resources"].get("CPU", usable))))
+    except Exception:  # no GCS answer: the cores this process sees
+        return usable
+
+
+def worker_threads(assigned_cpus: float, local_workers: int, node_cpus: int | None = None) -> int:
+    """Threads for one Ray Train worker: its share of its node's CPUs among the run's workers on
+    that node (``local_workers``, not the global world size: 4 nodes x 8 workers each get 1/8 of
+    their node), and never fewer than the CPUs Ray assigned it (``resources_per_worker``; Ray
+    Train's default of 1 is a scheduling count, not the worker's real share)."""
+    node = _node_cpus() if node_cpus is None else node_cpus
+    return max(1, int(assigned_cpus), node // max(local_workers, 1))
 
 
 class RayTrainSession:
@@ -34,6 +76,7 @@ class RayTrainSession:
         ctx = ray.train.get_context()
         self.world, self.rank = ctx.get_world_size(), ctx.get_world_rank()
         self.device = ray.train.torch.get_device()
+        self.cpu_threads = worker_threads(_assigned_cpus(), ctx.get_local_world_size())
 
     def latest_state(self) -> dict[str, Any] | None:
         import ray.train
@@ -63,6 +106,9 @@ class TuneSession:
 
     def __init__(self, use_gpu: bool) -> None:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        # the trial's own CPUs (concurrent trials share the node); none assigned: torch's default
+        assigned = _assigned_cpus()
+        self.cpu_threads = max(1, int(assigned)) if assigned else None
 
     def latest_state(self) -> dict[str, Any] | None:
         from ray import tune

@@ -23,6 +23,7 @@ from pipelines.common.config.paths import PARAMS_FILE
 from pipelines.common.config.schema import (
     DATASETS,
     DISTRIBUTIONS,
+    PRECISIONS,
     SECTIONS,
     SWEEP_METRICS,
     TUNABLE_SECTIONS,
@@ -120,6 +121,19 @@ def _validate_train(t: TrainConfig) -> None:
     _need(t.max_roundtrip_error > 0, "train.max_roundtrip_error must be > 0")
     _need(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     _need(t.image_every >= 0, f"train.image_every must be >= 0, got {t.image_every}")
+    _need(
+        t.precision in PRECISIONS,
+        f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}",
+    )
+    _need(
+        t.precision != "fp16" or t.use_gpu,
+        "train.precision fp16 needs train.use_gpu: true (fp16 autocast and its GradScaler are "
+        "CUDA-only); on CPUs use bf16 or fp32",
+    )
+    _need(
+        math.isfinite(t.grad_clip) and t.grad_clip >= 0,
+        f"train.grad_clip must be a finite number >= 0 (0 = off), got {t.grad_clip}",
+    )
 
 
 def _validate_evaluate(e: EvaluateConfig) -> None:

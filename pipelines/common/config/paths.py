@@ -1,4 +1,10 @@
-"""Where things are: the project root, paths from params made absolute, outputs checked."""
+"""Where things are: the project root, paths from params made absolute, outputs checked.
+
+A location may also be a URI (``s3://bucket/x``, ``gs://...``, ``file:///...``): ``resolve``
+passes it through untouched, as a ``StorageUri`` (inputs: the ``--data`` of the stages and the
+sweep, ``data.path``), and ``output_path`` accepts one where the caller says so (``uri=True``:
+``train.storage_path``, prepare's ``--out``). Its bucket is probed on first use
+(``pipelines.common.storage``)."""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import os
 from pathlib import Path
 
 from pipelines.common.errors import ConfigError
+from pipelines.common.storage import StorageUri, check_location, is_uri
 
 ROOT = Path(__file__).resolve().parents[3]
 """This checkout (``pipelines/common/config/paths.py`` is three folders below it)."""
@@ -40,8 +47,11 @@ def project_root() -> Path:
     return Path(os.path.expanduser(os.environ.get("LINEARIZER_ROOT") or ROOT)).resolve()
 
 
-def resolve(path: str | os.PathLike[str], *, base: Path | None = None) -> Path:
-    """An output/input path from params, absolute (``ray job submit`` runs in a copy)."""
+def resolve(path: str | os.PathLike[str], *, base: Path | None = None) -> Path | StorageUri:
+    """An output/input path from params, absolute (``ray job submit`` runs in a copy); a URI
+    comes back untouched (a ``StorageUri``)."""
+    if is_uri(path):
+        return StorageUri(os.fspath(path))
     p = Path(os.path.expanduser(path))
     return p if p.is_absolute() else ((base or project_root()) / p).resolve()
 
@@ -49,10 +59,21 @@ def resolve(path: str | os.PathLike[str], *, base: Path | None = None) -> Path:
 SOURCE_FOLDERS = ("lincore", "pipelines", "sweeps", "tests", "benchmarks", ".git", ".dvc")
 
 
-def output_path(path: str | os.PathLike[str], key: str) -> Path:
+def output_path(path: str | os.PathLike[str], key: str, *, uri: bool = False) -> Path | StorageUri:
     """Where an output goes, checked: a relative path must stay inside the project (no ``..``
     escape) and no output may land in a source folder. An absolute path is the user's explicit
-    choice (shared storage on a cluster) and is kept."""
+    choice (shared storage on a cluster) and is kept. A URI is accepted where ``uri`` says the
+    output may live in shared storage (checked there: bucket reachable, credentials set), and
+    refused elsewhere."""
+    if is_uri(path):
+        if not uri:
+            raise ConfigError(
+                f"{key}={str(path)!r}: a URI is not accepted here; give a local path (URIs are "
+                "taken by the train stage's train.storage_path, --data, prepare's --out and "
+                "data.path)"
+            )
+        check_location(os.fspath(path))
+        return StorageUri(os.fspath(path))
     root = project_root()
     raw = Path(os.path.expanduser(path))
     p = resolve(raw)

@@ -16,6 +16,8 @@ from pipelines.common.config.paths import RAW_DATA
 from pipelines.common.errors import ConfigError
 
 DATASETS = ("digits", "moons", "checkerboard", "eight_gaussians", "spirals", "path")
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""``train.precision``: the dtype autocast gives the forward pass (fp32: no autocast)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,14 @@ class TrainConfig:
     image_every: int = 5
     """log a sample grid (and, for images, an interpolation strip) to the train stage's MLflow
     run every this many epochs while it trains (0 = off)"""
+    precision: str = "fp32"
+    """fp32 | bf16 (autocast to bfloat16: CPU or GPU) | fp16 (autocast to float16 with a
+    GradScaler: CUDA only, needs use_gpu). Weights stay float32; lincore keeps log-determinants
+    and likelihood terms in float32 and the sampler's collapse in float64"""
+    grad_clip: float = 10.0
+    """largest global gradient norm per step (torch.nn.utils.clip_grad_norm_, after unscaling
+    with fp16); 0 = off. The default digits run's norms peak at 8 (median 1.4), so 10 only
+    catches spikes and leaves that run unchanged"""
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,7 @@ UNTUNABLE = frozenset(
         "max_failures",
         "max_roundtrip_error",
         "image_every",
+        "precision",
     )
 )
 

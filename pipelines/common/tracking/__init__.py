@@ -9,9 +9,11 @@ while it trains, ``end_failed`` records a failure, and ``close_orphaned_train_ru
 the runs whose driver was killed (the UI would show them live forever).
 
 ``server``: where runs go; ``runs``: the train run's life; ``live_run``: per-epoch logging from
-rank 0; ``sampler_model``: the pyfunc model.
+rank 0; ``sampler_model``: the pyfunc model; ``dataset``: the prepared data as a run's dataset
+input (digest: its DVC md5).
 """
 
+from pipelines.common.tracking.dataset import dataset_input, log_dataset
 from pipelines.common.tracking.live_run import LiveRun
 from pipelines.common.tracking.runs import (
     DRIVER_TAG,
@@ -54,6 +56,7 @@ __all__ = [
     "check_reachable",
     "client_env",
     "close_orphaned_train_runs",
+    "dataset_input",
     "driver_alive",
     "driver_id",
     "end_failed",
@@ -61,6 +64,7 @@ __all__ = [
     "failed_on_error",
     "find_train_run",
     "is_epoch_metric",
+    "log_dataset",
     "log_missing_epochs",
     "log_sampler_model",
     "logged_steps",

@@ -121,14 +121,13 @@ def open_train_run(
 ) -> tuple[str, str | None]:
     """The train stage's run, RUNNING from before the first epoch: ``(run_id, status before)``.
 
-    A new one gets ``params``, ``dataset`` (an ``mlflow.data`` dataset, context "training") and
+    A new one gets ``params``, ``dataset`` (a ``DatasetInput``: ``tracking.dataset_input``) and
     the Ray run name as a tag. ``previous`` (``find_train_run``, for ``--resume``) is reopened
     instead (the status it had is returned) and gets the params it lacks; a param whose value
     changed keeps its first value (MLflow params are immutable) and is named in a tag. Refuses
     to reopen a run whose driver still trains on this machine.
     """
-    from mlflow.entities import DatasetInput, InputTag, Param, RunTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+    from mlflow.entities import Param, RunTag
 
     from pipelines.common.errors import ConfigError
 
@@ -158,8 +157,7 @@ def open_train_run(
         )
         run_id, status = run.info.run_id, None
         if dataset is not None:
-            context = InputTag(MLFLOW_DATASET_CONTEXT, "training")
-            client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(), [context])])
+            client.log_inputs(run_id, [dataset])
     items = sorted(values.items())
     for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
