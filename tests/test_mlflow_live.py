@@ -252,7 +252,7 @@ def test_the_run_shows_metrics_and_pictures_while_training_goes_on(tmp_path, moo
     name = seen.data.tags[tracking.RAY_RUN_TAG]
     assert name in log.read_text() and seen.info.run_name == name
     inputs = client.get_run(seen.info.run_id).inputs.dataset_inputs
-    assert [i.dataset.name for i in inputs] == ["moons-train"]
+    assert [i.dataset.name for i in inputs] == ["moons"]  # data.name, digest: the DVC md5
     logged = steps(client, seen.info.run_id)
     assert logged == list(range(1, len(logged) + 1))  # every epoch, in order, as it ended
     images = artifacts(client, seen.info.run_id)

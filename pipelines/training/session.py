@@ -41,7 +41,10 @@ def _assigned_cpus() -> float:
 
     if not ray.is_initialized():
         return 0.0
-    return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
+    try:
+        return float(ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0))
+    except AssertionError:  # a driver, not a worker: nothing assigned
+        return 0.0
 
 
 def _node_cpus() -> int:
