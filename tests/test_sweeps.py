@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import wait_for_job_agent
 from test_pipeline_e2e import BIN, clean_env, copy_project, sh
 
 from pipelines.commands.cluster_check import listeners, non_loopback
@@ -654,7 +655,9 @@ def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
     the documented `ray job submit --working-dir . -- python -m sweeps --root ...` runs
     the sweep (Ray Train inside each trial) and writes into the project, not the job's copy."""
     (project / "params.yaml").write_text(tiny(n=2, epochs=2, concurrent=2, workers=1))
-    gcs, dash = _free_port(), _free_port()
+    # the job agent gets a free port too: Ray's default (52365) is taken by any other Ray on the
+    # machine, whose agent then serves no jobs ("No available agent to submit job")
+    gcs, dash, agent = _free_port(), _free_port(), _free_port()
     # as the README writes it: the loopback prefix, not inherited from this test process
     env = clean_env(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     head = subprocess.Popen(
@@ -667,6 +670,7 @@ def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
             f"--port={gcs}",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={agent}",
             "--num-cpus=2",
             '--resources={"trial_driver": 2}',
         ],
@@ -708,6 +712,7 @@ def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
             timeout=60,
         )
         assert no_token.returncode != 0 and "pwned" not in no_token.stdout
+        wait_for_job_agent(BIN / "ray", url, {**env, "RAY_AUTH_MODE": "token"})
 
         submit = subprocess.run(
             [
