@@ -85,9 +85,11 @@ def test_prepare_writes_the_parquet_contract_deterministically(tmp_path):
         for name, part in data.split(data.build(cfg), cfg).items():
             data.write_split(tmp_path / out / f"{name}.parquet", part, seed=cfg.seed)
     schema = pq.read_schema(tmp_path / "a" / "train.parquet")
-    meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+    footer = pq.read_metadata(tmp_path / "a" / "train.parquet").metadata  # written at the end
+    meta = {k.decode(): v.decode() for k, v in footer.items()}
     assert json.loads(meta["shape"]) == [2] and meta["source"] == "lincore.toys.moons"
     assert meta["seed"] == "3" and len(json.loads(meta["value_range"])) == 2
+    assert meta["rows"] == "140"
     x_type = schema.field("x").type
     assert x_type.list_size == 2 and str(x_type.value_type) == "float"
     xa, _, _ = data.read_split(tmp_path / "a" / "train.parquet")

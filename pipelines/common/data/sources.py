@@ -12,21 +12,16 @@ Prepared splits may live at a URI too (``write_split``/``read_split``).
 from __future__ import annotations
 
 import gzip
-import io
-import json
 import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from lincore.toys import TOYS, toy
 from pipelines.common import storage
-from pipelines.common.atomic import atomic_path
 from pipelines.common.config import DataConfig, resolve
 from pipelines.common.errors import DataError
 
@@ -125,6 +120,8 @@ def _from_local_path(path: Path, cfg: DataConfig) -> Dataset:
     if name.endswith(".npz"):
         return _npz(path)
     if name.endswith(".parquet"):
+        from pipelines.common.data.parquet import read_split
+
         x, y, _ = read_split(path)
         return Dataset(x, y, str(path))
     if "idx3" in name or name.endswith((".idx", ".idx.gz")):
@@ -161,59 +158,3 @@ def split(ds: Dataset, cfg: DataConfig) -> dict[str, Dataset]:
         "test": perm[n_val : n_val + n_test],
     }
     return {k: Dataset(ds.x[i], ds.labels[i], ds.source, ds.bins) for k, i in parts.items()}
-
-
-def write_split(path: Path | storage.StorageUri, ds: Dataset, *, seed: int) -> None:
-    """One Parquet file, written atomically (a local path or a URI, see ``atomic``), with the
-    data contract in its schema metadata."""
-    flat = ds.x.reshape(len(ds.x), -1).astype(np.float32)
-    dim = flat.shape[1]
-    column = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.float32()), dim)
-    meta = {
-        "shape": json.dumps(list(ds.shape)),
-        "value_range": json.dumps([float(flat.min()), float(flat.max())]),
-        "source": ds.source,
-        "seed": str(seed),
-        "bins": str(ds.bins),
-    }
-    table = pa.table({"x": column, "label": pa.array(ds.labels, pa.int64())})
-    table = table.replace_schema_metadata(meta)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def read_split(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
-    """``(x (N, *shape) float32, labels (N,), metadata)`` from a prepared split (a local path
-    or a URI), checked."""
-    p = storage.StorageUri(path) if storage.is_uri(path) else Path(path)
-    try:
-        found = p.is_file()
-    except (pa.ArrowException, OSError) as err:  # a URI whose storage answered with an error
-        raise DataError(f"cannot read prepared data {p} ({' '.join(str(err).split())})") from None
-    if not found:
-        raise DataError(f"prepared data {p} is missing; run `dvc repro prepare` first")
-    try:
-        source = io.BytesIO(storage.read_bytes(p)) if isinstance(p, storage.StorageUri) else p
-        table = pq.read_table(source)
-    except (pa.ArrowException, OSError) as err:
-        raise DataError(f"{p} is not a readable Parquet file ({err}); re-run prepare") from None
-    raw = table.schema.metadata or {}
-    if b"shape" not in raw or "x" not in table.column_names:
-        raise DataError(f"{p} lacks the 'x' column or the shape metadata; re-run prepare")
-    meta = {k.decode(): v.decode() for k, v in raw.items()}
-    shape = tuple(json.loads(meta["shape"]))
-    if table.num_rows == 0:
-        raise DataError(f"{p} has no rows; re-run prepare with more data")
-    x = table.column("x").combine_chunks().flatten().to_numpy(zero_copy_only=False).copy()
-    try:
-        x = x.reshape(table.num_rows, *shape).astype(np.float32)
-    except ValueError:
-        raise DataError(f"{p}: rows do not match the shape {shape} in its metadata") from None
-    if not np.isfinite(x).all():
-        raise DataError(f"{p} contains NaN or inf; re-run prepare on clean data")
-    labels = (
-        table.column("label").to_numpy().copy()
-        if "label" in table.column_names
-        else np.full(len(x), -1, dtype=np.int64)
-    )
-    return x, labels, {**meta, "shape": shape}
