@@ -95,6 +95,11 @@ def _validate_data(d: DataConfig) -> None:
         0 < d.test_fraction < 0.5, f"data.test_fraction must be in (0, 0.5), got {d.test_fraction}"
     )
     _need(d.image_size >= 0, f"data.image_size must be >= 0, got {d.image_size}")
+    _need(d.channels in (0, 1, 3), f"data.channels must be 0 (keep), 1 or 3, got {d.channels}")
+    _need(
+        d.layout in ("auto", "nchw", "nhwc"),
+        f"data.layout must be auto, nchw or nhwc, got {d.layout!r}",
+    )
 
 
 def _validate_model(m: ModelConfig) -> None:
@@ -131,6 +136,10 @@ def _validate_train(t: TrainConfig) -> None:
         "CUDA-only); on CPUs use bf16 or fp32",
     )
     _need(
+        t.loader in ("auto", "memory", "ray_data"),
+        f"train.loader must be auto, memory or ray_data, got {t.loader!r}",
+    )
+    _need(
         math.isfinite(t.grad_clip) and t.grad_clip >= 0,
         f"train.grad_clip must be a finite number >= 0 (0 = off), got {t.grad_clip}",
     )
@@ -139,6 +148,7 @@ def _validate_train(t: TrainConfig) -> None:
 def _validate_evaluate(e: EvaluateConfig) -> None:
     _need(e.steps >= 2, f"evaluate.steps must be >= 2, got {e.steps}")
     _need(e.n_samples >= 0 and e.grid >= 1, "evaluate.n_samples must be >= 0 and grid >= 1")
+    _need(e.batch_size >= 2, f"evaluate.batch_size must be >= 2, got {e.batch_size}")
 
 
 def _validate_mlflow(_: MlflowConfig) -> None:

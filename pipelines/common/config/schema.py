@@ -33,7 +33,14 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     image_size: int = 0
-    """for an image folder: resize to this square size (0 keeps the size of the first image)"""
+    """for an image folder: centre-crop to a square, then resize to this size (0 keeps the
+    images as they are; they must then share one size)"""
+    channels: int = 0
+    """for an image folder: 1 (grey) or 3 (RGB) converts every image; 0 keeps the files' own
+    channel count (grey stays 1 channel), which must then be the same for all"""
+    layout: str = "auto"
+    """for an .npz of images: auto (channels-last when the last axis is 1, 3 or 4 and the
+    second is not) | nchw | nhwc"""
     seed: int = 0
 
 
@@ -69,6 +76,11 @@ class TrainConfig:
     """fp32 | bf16 (autocast to bfloat16: CPU or GPU) | fp16 (autocast to float16 with a
     GradScaler: CUDA only, needs use_gpu). Weights stay float32; lincore keeps log-determinants
     and likelihood terms in float32 and the sampler's collapse in float64"""
+    loader: str = "auto"
+    """how workers read the train split: memory (each worker reads the split, a torch
+    DataLoader shards it) | ray_data (ray.data.read_parquet, each worker streams its shard:
+    memory flat in the data set's size, the same code on shared storage) | auto (ray_data for
+    a large split, memory for a small one; see pipelines.training.batches)"""
     grad_clip: float = 10.0
     """largest global gradient norm per step (torch.nn.utils.clip_grad_norm_, after unscaling
     with fp16); 0 = off. The default digits run's norms peak at 8 (median 1.4), so 10 only
@@ -80,7 +92,12 @@ class EvaluateConfig:
     steps: int = 100
     """sampler steps T collapsed into one matrix"""
     n_samples: int = 0
-    """samples drawn for the quality metrics (0: as many as the test split)"""
+    """samples drawn for the quality metrics, and test rows they are compared with (0: the
+    test split, at most 10,000): a fixed number, so evaluation's cost and memory do not grow
+    with the test set"""
+    batch_size: int = 500
+    """rows per batch of the evaluation's passes (sampling, inversion, likelihood, kernel
+    blocks): bounds its peak memory"""
     grid: int = 64
 
 
