@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,17 @@ def wait_for_job_agent(ray: Path, url: str, env: dict[str, str], timeout: float 
             raise AssertionError(f"the Ray head at {url} refused a job:\n{out[-3000:]}")
         time.sleep(2)
     raise AssertionError(f"the Ray head at {url} took no job in {timeout:.0f} s:\n{out[-3000:]}")
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    """Wait until ``url`` answers at all (an HTTP error such as 401 counts: the server is up)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            assert time.time() < deadline, f"{url} did not come up"
+            time.sleep(0.5)

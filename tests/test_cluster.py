@@ -19,14 +19,13 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from conftest import wait_http
 from test_pipeline_e2e import BIN, clean_env, copy_project
 
 from lincore.toys import toy
@@ -109,19 +108,6 @@ def stop(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-
-
-def wait_http(url: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            assert time.time() < deadline, f"{url} did not come up"
-            time.sleep(0.5)
 
 
 # ---- S3: moto's server as the endpoint ---------------------------------------------------------

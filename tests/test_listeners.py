@@ -22,12 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 import psutil
 import pytest
-from conftest import wait_for_job_agent
+from conftest import wait_for_job_agent, wait_http
 from test_pipeline_e2e import BIN, clean_env
 
 from pipelines.commands import cluster_check
@@ -103,19 +101,6 @@ def _settle(pid: int, ports: set[int], names: set[str], timeout: float = 120) ->
 def _assert_loopback(found: list[Listener]) -> None:
     exposed = non_loopback(found)
     assert not exposed, "listening outside loopback:\n" + cluster_check.table(found)
-
-
-def _wait_http(url: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # it answers (401 without Ray's token): it is up
-        except OSError:
-            assert time.time() < deadline, f"{url} did not come up"
-            time.sleep(1)
 
 
 # ---- fast: the checker itself, and the documented recipe ---------------------------------------
@@ -213,7 +198,7 @@ def head():
         start_new_session=True,
     )
     try:
-        _wait_http(f"http://127.0.0.1:{ports['dashboard']}/api/version")
+        wait_http(f"http://127.0.0.1:{ports['dashboard']}/api/version")
         found = _settle(
             proc.pid,
             set(ports.values()),
@@ -322,7 +307,7 @@ def test_mlflow_ui_as_the_readme_writes_it_listens_on_loopback_only(tmp_path):
         start_new_session=True,
     )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/health")
+        wait_http(f"http://127.0.0.1:{port}/health")
         found = _settle(proc.pid, {port}, set(), timeout=60)
         _assert_loopback(found)
     finally:
