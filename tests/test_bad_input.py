@@ -6,6 +6,7 @@ point of the project (found in dvc.yaml, pyproject.toml and the code) has a case
 from __future__ import annotations
 
 import ast
+import gzip
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,11 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from lincore import CouplingFlow, Dense, Idempotent, Linearizer, filters
 from lincore.generators import ProjectiveGenerator, StyleTransfer
 from pipelines.commands import cli as sample_cli
 from pipelines.commands import cluster_check, projective, style
+from pipelines.common.data import read_split
 from pipelines.common.errors import cli
 from pipelines.stages import evaluate, prepare, train
 from sweeps import cli as tune
@@ -501,3 +504,120 @@ def test_every_entry_point_has_a_bad_input_case():
     covered = {main.__module__ for _, main, _, _ in CLI_CASES}
     missing = {m: where for m, where in entry_points().items() if m not in covered}
     assert not missing, f"entry points without a case in CLI_CASES: {missing}"
+
+
+# --- data files users have on disk: every refusal names the file (and the fix) ---------------
+
+
+def _idx_files(
+    folder: Path, n: int, *, labels: int | None = None, gz: bool = False, keep: float = 1.0
+) -> Path:
+    """``train-images-idx3-ubyte`` of ``n`` 4x4 images (the first ``keep`` of its bytes), with a
+    labels file of ``labels`` labels when given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = np.array([2051, n, 4, 4], dtype=">u4").tobytes() + bytes(range(16)) * n
+    files = {"train-images-idx3-ubyte": raw}
+    if labels is not None:
+        head = np.array([2049, labels], dtype=">u4").tobytes()
+        files["train-labels-idx1-ubyte"] = head + bytes(labels)
+    for name, content in files.items():
+        content = gzip.compress(content) if gz else content
+        (folder / (name + (".gz" if gz else ""))).write_bytes(content[: int(len(content) * keep)])
+    return folder / ("train-images-idx3-ubyte" + (".gz" if gz else ""))
+
+
+def _pngs(folder: Path, n: int, odd: str, image: Image.Image) -> Path:
+    """``n`` 4x4 grey PNGs in ``folder``, and ``image`` saved as ``odd`` among them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("L", (4, 4), 10 * i).save(folder / f"{i:02d}.png")
+    image.save(folder / odd)
+    return folder / odd
+
+
+def _labels_mismatch(t: Path) -> tuple[Path, list[str]]:
+    images = _idx_files(t / "mnist", 20, labels=19)
+    return images, [str(images), str(t / "mnist" / "train-labels-idx1-ubyte"), "19 labels"]
+
+
+def _cifar_size(t: Path) -> tuple[Path, list[str]]:
+    folder = t / "cifar-10-batches-bin"
+    folder.mkdir()
+    (folder / "data_batch_1.bin").write_bytes(bytes(3073 * 10))
+    (folder / "data_batch_2.bin").write_bytes(bytes(3073 * 10 + 5))
+    return folder, [str(folder / "data_batch_2.bin"), "not a multiple of 3073"]
+
+
+def _corrupt_image(t: Path) -> tuple[Path, list[str]]:
+    bad = _pngs(t / "imgs", 12, "05b.png", Image.new("L", (4, 4)))
+    bad.write_bytes(b"\x89PNG not really")
+    return bad.parent, [str(bad), "cannot read image"]
+
+
+# (id, make(tmp) -> (data.path, words the one-line error must hold, the file's name first))
+DATA_FILE_CASES: list[tuple[str, Callable[[Path], tuple[Path, list[str]]]]] = [
+    ("IDX labels count differs", _labels_mismatch),
+    (
+        "truncated IDX",
+        lambda t: (p := _idx_files(t / "m", 20, keep=0.8), [str(p), "is truncated"]),
+    ),
+    (
+        "truncated gzip IDX",
+        lambda t: (p := _idx_files(t / "m", 20, gz=True, keep=0.6), [str(p), "truncated"]),
+    ),
+    (
+        "IDX labels file as data.path",
+        lambda t: (
+            p := _idx_files(t / "m", 20, labels=20).with_name("train-labels-idx1-ubyte"),
+            [str(p), "is an IDX labels file"],
+        ),
+    ),
+    ("CIFAR batch of the wrong size", _cifar_size),
+    (
+        "image folder with mixed channels",
+        lambda t: (
+            (p := _pngs(t / "imgs", 12, "05b.png", Image.new("RGB", (4, 4)))).parent,
+            [str(p), "set data.channels"],
+        ),
+    ),
+    (
+        "image folder with mixed sizes",
+        lambda t: (
+            (p := _pngs(t / "imgs", 12, "05b.png", Image.new("L", (5, 4)))).parent,
+            [str(p), "set data.image_size"],
+        ),
+    ),
+    ("unreadable image", _corrupt_image),
+    (
+        "npz labels of another length",
+        lambda t: (
+            p := Path(npz(t, "d.npz", x=np.zeros((20, 3)), y=np.zeros(19))),
+            [str(p), "one label per sample"],
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "make"), DATA_FILE_CASES, ids=[c[0] for c in DATA_FILE_CASES])
+def test_bad_data_files_are_refused_naming_the_file(case, make, tmp_path, capsys):
+    path, words = make(tmp_path)
+    argv = ["--params", params(tmp_path, data={"name": "path", "path": str(path)})]
+    with pytest.raises(SystemExit) as exit_:
+        cli(prepare.main)([*argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err
+    assert all(w in err for w in words), (words, err)
+    assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # nothing half
+
+
+def test_idx_without_labels_is_prepared_unlabelled_with_a_note(tmp_path, capsys):
+    images = _idx_files(tmp_path / "mnist", 20)
+    argv = ["--params", params(tmp_path, data={"name": "path", "path": str(images)})]
+    cli(prepare.main)([*argv, "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    (note,) = [line for line in out.splitlines() if line.startswith("note:")]
+    assert str(images) in note and "classifier Fréchet score" in note
+    for split in ("train", "val", "test"):
+        x, labels, meta = read_split(tmp_path / "o" / f"{split}.parquet")
+        assert (labels == -1).all() and x.shape[1:] == (1, 4, 4) and meta["bins"] == "256"

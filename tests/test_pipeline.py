@@ -131,7 +131,8 @@ def test_local_files_npz_idx_and_image_folders(tmp_path):
     header = np.array([2051, 30, 4, 4], dtype=">u4").tobytes()
     (tmp_path / "imgs-idx3-ubyte").write_bytes(header + raw.tobytes())
     ds = data.build(DataConfig(name="path", path=str(tmp_path / "imgs-idx3-ubyte")))
-    assert ds.shape == (1, 4, 4) and np.allclose(ds.x, raw / 255.0)
+    assert ds.shape == (1, 4, 4) and ds.bins == 256  # 8-bit levels, dequantised
+    assert np.array_equal(np.floor(ds.x * 256), raw)
     (tmp_path / "trunc-idx3-ubyte").write_bytes(header + raw.tobytes()[:100])
     with pytest.raises(DataError, match="truncated"):
         data.build(DataConfig(name="path", path=str(tmp_path / "trunc-idx3-ubyte")))
@@ -142,7 +143,7 @@ def test_local_files_npz_idx_and_image_folders(tmp_path):
     for i in range(12):
         Image.fromarray(raw[i, 0]).save(folder / f"{i}.png")
     ds = data.build(DataConfig(name="path", path=str(folder), image_size=6))
-    assert ds.shape == (3, 6, 6) and len(ds.x) == 12
+    assert ds.shape == (1, 6, 6) and len(ds.x) == 12  # grey stays one channel
 
 
 def test_checkpoints_round_trip_and_refuse_pickles(tmp_path):
