@@ -4,6 +4,10 @@ checkpoints, failure handling and a one-line error when it fails.
 Checkpoints go to ``train.storage_path``, a folder or a URI (``s3://bucket/runs``; an
 S3-compatible endpoint through ``AWS_ENDPOINT_URL``), which Ray Train takes as it is.
 
+The train split reaches the workers as ``train.loader`` says (``batches``): read whole by each
+worker (``memory``), or handed to Ray Train as a ``ray.data`` dataset that each worker streams
+its shard of (``ray_data``); ``auto`` chooses by the split's size.
+
 Failure handling: Ray Train retries a failed worker group ``train.max_failures`` times, whatever
 failed. A ``NumericalFault`` (NaN/inf, a network no longer invertible) is deterministic: each
 epoch's randomness depends only on seed, rank and epoch, so a restart from the last checkpoint
@@ -15,11 +19,13 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipelines.common.config import Config, output_path
 from pipelines.common.errors import LinearizerError
+from pipelines.training import batches
 from pipelines.training.loop import train_loop_per_worker
 
 
@@ -76,9 +82,13 @@ def loop_config(
     *,
     epochs: int | None = None,
     mlflow_run: dict[str, Any] | None = None,
+    num_workers: int | None = None,
 ) -> dict[str, Any]:
     """What ``fit_epochs`` needs, as plain data (it crosses process boundaries). ``mlflow_run``
-    (``{"tracking_uri", "run_id", "grid"}``) is the run rank 0 logs each epoch to."""
+    (``{"tracking_uri", "run_id", "grid"}``) is the run rank 0 logs each epoch to; ``loader``
+    is ``train.loader`` resolved for ``num_workers`` workers (default ``train.num_workers``):
+    ``ray_data`` needs the train split among the trainer's datasets, as ``run`` passes it."""
+    workers = cfg.train.num_workers if num_workers is None else num_workers
     config = {
         "model": dataclasses.asdict(cfg.model),
         "train": dataclasses.asdict(cfg.train),
@@ -86,6 +96,7 @@ def loop_config(
         "steps": cfg.evaluate.steps,
         "train_path": str(train_path),
         "val_path": str(val_path),
+        "loader": batches.choose_loader(cfg.train.loader, train_path, workers),
     }
     if mlflow_run is not None:
         config["mlflow"] = mlflow_run
@@ -102,22 +113,32 @@ def run(
     num_workers: int | None = None,
     callbacks: list[Any] | None = None,
     mlflow_run: dict[str, Any] | None = None,
+    train_fn: Callable[[dict[str, Any]], None] = train_loop_per_worker,
 ) -> Any:
     """Fit with a ``TorchTrainer``; returns the ``ray.train.Result``. Ray must be initialised.
 
-    ``mlflow_run`` (see ``loop_config``): the MLflow run rank 0 logs every epoch to."""
+    ``mlflow_run`` (see ``loop_config``): the MLflow run rank 0 logs every epoch to.
+    ``train_fn``: the per-worker function (tests wrap ``train_loop_per_worker``)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
     workers = t.num_workers if num_workers is None else num_workers
+    config = loop_config(
+        cfg, train_path, val_path, epochs=epochs, mlflow_run=mlflow_run, num_workers=workers
+    )
+    data: dict[str, Any] = {}
+    if config["loader"] == "ray_data":
+        data = {
+            "datasets": {batches.DATASET: batches.train_dataset(train_path)},
+            "dataset_config": batches.data_config(),
+        }
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config(
-            cfg, train_path, val_path, epochs=epochs, mlflow_run=mlflow_run
-        ),
+        train_fn,
+        train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=t.use_gpu),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        **data,
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=str(output_path(t.storage_path, "train.storage_path", uri=True)),

@@ -1,36 +1,43 @@
 """The epoch loop: the one training loop of the project (a Ray Train worker runs it for the train
 stage, a Tune trial for a sweep).
 
-Each worker reads the Parquet split, shards it with a ``DistributedSampler`` (through
-``prepare_data_loader``), trains the generator under DDP (one ``forward`` computes the whole
-loss, so every parameter is synchronised), and reports per-epoch metrics with a checkpoint from
-rank 0. A restarted worker group resumes from the latest checkpoint (``FailureConfig``).
+Each worker reads its batches of the Parquet split (``batches``: the whole split in a
+``DataLoader`` sharded by a ``DistributedSampler``, or its own Ray Data shard streamed), trains
+the generator under DDP (one ``forward`` computes the whole loss, so every parameter is
+synchronised), and reports per-epoch metrics with a checkpoint from rank 0. A restarted worker
+group resumes from the latest checkpoint (``FailureConfig``).
 """
 
 from __future__ import annotations
 
 import logging
+import resource
+import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, TensorDataset
 
 from lincore import unchecked
 from lincore.generators import OneStepFlowMatching
 from lincore.metrics import mmd, typicality
 from pipelines.common import fault_injection, hooks, tracking
 from pipelines.common.config import ModelConfig, TrainConfig
-from pipelines.common.data import read_split
+from pipelines.common.data import read_head
 from pipelines.common.errors import LinearizerError
+from pipelines.training import batches as batches_mod
 from pipelines.training.schedule import EmaWithWarmup, learning_rate
 from pipelines.training.session import RayTrainSession, Session
 
 if TYPE_CHECKING:
     from pipelines.common.one_step_sampler import OneStepSampler
 
+VAL_ROWS = 512
+"""Validation rows of the per-epoch metrics: the head of the validation split."""
+INIT_ROWS = 256
+"""Train rows that initialise ActNorm (image flows): the head of the train split."""
 FINITE_CHECK_EVERY = 50
 """Steps between reads of the loss watch (each read waits for the GPU); also at each epoch end."""
 
@@ -184,12 +191,13 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     if threads:
         torch.set_num_threads(threads)
     amp = MixedPrecision(train_cfg.precision, device)
-    x, _, meta = read_split(config["train_path"])
-    xv, _, _ = read_split(config["val_path"])
+    # heads only: a worker never holds a split for these (the train batches: ``batches``)
+    x_init, _, meta = read_head(config["train_path"], INIT_ROWS)
+    xv, _, _ = read_head(config["val_path"], VAL_ROWS)
     shape = tuple(meta["shape"])
     model = OneStepFlowMatching.build(shape, model_cfg, seed=train_cfg.seed, steps=sampler_steps)
-    x_t, xv_t = torch.from_numpy(x), torch.from_numpy(xv[:512])
-    model.initialize_from(x_t[:256])  # ActNorm (image flows); overwritten by a resumed state
+    xv_t = torch.from_numpy(xv)
+    model.initialize_from(torch.from_numpy(x_init))  # ActNorm; overwritten by a resumed state
     start, history = 0, []
     resumed = session.latest_state()
     if resumed is not None:
@@ -203,14 +211,10 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             ) from None
         start, history = int(resumed["epoch"]) + 1, list(resumed["history"])
     per_worker = max(1, train_cfg.batch_size // max(world, 1))
-    loader = DataLoader(
-        TensorDataset(x_t),
-        batch_size=per_worker,
-        shuffle=True,
-        drop_last=len(x) > per_worker,
-        pin_memory=device.type == "cuda",  # batches copied to the GPU without a host wait
-    )
-    loader, ddp = session.prepare(loader, model)  # the model on its device (and in DDP)
+    # the model on its device (and in DDP), the batches from the loader the driver chose
+    batches, ddp = batches_mod.prepare(config, session, model, per_worker)
+    if rank == 0:
+        print(f"train loader: {config.get('loader', 'memory')}, {batches.steps} steps/epoch")
     raw = getattr(ddp, "module", ddp)
     dtype = next(raw.parameters()).dtype  # batches follow the prepared model
     # the optimizer and its resumed state after prepare: Adam's moments land on the
@@ -236,16 +240,14 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     xv_t = xv_t.to(device, dtype)
     live = tracking.LiveRun.from_config(config, train_cfg.image_every) if rank == 0 else None
     for epoch in range(start, epochs):
-        if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        # each epoch's randomness is a function of (seed, rank, epoch): a run resumed from a
-        # checkpoint retraces exactly the epochs an undisturbed run would have trained
-        torch.manual_seed(train_cfg.seed + rank + 1_000_003 * epoch)
+        # each epoch's randomness (noise, shuffle) is a function of (seed, rank, epoch): a run
+        # resumed from a checkpoint retraces exactly the epochs an undisturbed run would train
+        torch.manual_seed(batches_mod.epoch_seed(train_cfg.seed, rank, epoch))
         ddp.train()
         watch, t0 = LossWatch(device), time.perf_counter()
-        for step, (xb,) in enumerate(loader):
+        for step, (xb,) in enumerate(batches.epoch(epoch)):
             xb = xb.to(device, dtype, non_blocking=device.type == "cuda")
-            lr = learning_rate(train_cfg, epoch, step, len(loader), epochs)
+            lr = learning_rate(train_cfg, epoch, step, batches.steps, epochs)
             loss = train_step(ddp, opt, amp, xb, lr=lr, grad_clip=train_cfg.grad_clip)
             if ema is not None:
                 averager.update_parameters(ema, raw)  # not ema.update_parameters: 2 syncs
@@ -266,6 +268,7 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             "roundtrip_error": raw.roundtrip_error(xv_t),  # the weights being trained
             "num_params": num_params,
             "epoch_seconds": time.perf_counter() - t0,
+            "peak_rss_mib": peak_rss_mib(),  # this worker's
         }
         if metrics["roundtrip_error"] > train_cfg.max_roundtrip_error:
             raise NumericalFault(
@@ -298,6 +301,12 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
         session.report(metrics, state)
         for hook in hooks.EPOCH_END:
             hook(epoch)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (``ru_maxrss``: KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def _check_loss(watch: LossWatch, epoch: int, train_cfg: TrainConfig) -> None:

@@ -23,7 +23,15 @@ class Session(Protocol):
     """torch's intra-op threads for this worker (``None``: leave torch's own setting)"""
 
     def latest_state(self) -> dict[str, Any] | None: ...
-    def prepare(self, loader: DataLoader, model: torch.nn.Module) -> tuple[Any, Any]: ...
+    def prepare(self, loader: DataLoader | None, model: torch.nn.Module) -> tuple[Any, Any]:
+        """``(loader, model)`` ready for this worker: the loader sharded (``None``: none to
+        prepare, the data come from a dataset shard), the model on its device (and in DDP)."""
+        ...
+
+    def dataset_shard(self, name: str) -> Any | None:
+        """This worker's shard of the run's Ray Data dataset ``name`` (``None``: none)."""
+        ...
+
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
 
 
@@ -86,10 +94,21 @@ class RayTrainSession:
 
         return checkpoint_state(ray.train.get_checkpoint())
 
-    def prepare(self, loader: DataLoader, model: torch.nn.Module) -> tuple[Any, Any]:
+    def prepare(self, loader: DataLoader | None, model: torch.nn.Module) -> tuple[Any, Any]:
         import ray.train.torch
 
-        return ray.train.torch.prepare_data_loader(loader), ray.train.torch.prepare_model(model)
+        if loader is not None:
+            loader = ray.train.torch.prepare_data_loader(loader)
+        return loader, ray.train.torch.prepare_model(model)
+
+    def dataset_shard(self, name: str) -> Any | None:
+        """``ray.train.get_dataset_shard``: a barrier across the workers the first time."""
+        import ray.train
+
+        try:
+            return ray.train.get_dataset_shard(name)
+        except (KeyError, AttributeError):  # the run has no such dataset (or none at all)
+            return None
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         import ray.train
@@ -118,8 +137,11 @@ class TuneSession:
 
         return checkpoint_state(tune.get_checkpoint())
 
-    def prepare(self, loader: DataLoader, model: torch.nn.Module) -> tuple[Any, Any]:
+    def prepare(self, loader: DataLoader | None, model: torch.nn.Module) -> tuple[Any, Any]:
         return loader, model.to(self.device)
+
+    def dataset_shard(self, name: str) -> Any | None:
+        return None  # a trial process: no Ray Train datasets; the loop reads into memory
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         from ray import tune
