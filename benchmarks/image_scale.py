@@ -28,12 +28,12 @@ import argparse
 import multiprocessing as mp
 import resource
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from benchmarks.one_step import fresh_process, table
 from lincore.generators import OneStepFlowMatching
 from lincore.operators.time_low_rank import TimeLowRank
 
@@ -78,18 +78,6 @@ def _train_step_case(form: str, shape: tuple[int, ...], batch: int, queue: mp.Qu
         seconds = time.perf_counter() - t0  # the second step's
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     queue.put({"peak_MB": peak / 1024, "samples_per_s": batch / seconds, "step_s": seconds})
-
-
-def fresh_process(target: Callable[..., None], *args: object) -> dict[str, Any]:
-    """``target(*args, queue)`` in a fresh (spawned) process: its peak RSS is its own."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    try:
-        return queue.get()
-    finally:
-        proc.join()
 
 
 def available_MB() -> float:
@@ -168,19 +156,6 @@ def evaluation_table(test_rows: list[int], n_samples: int) -> list[dict[str, Any
         row = {"test rows": n, "evaluate.n_samples": n_samples}
         rows.append(row | fresh_process(_evaluation_case, n, n_samples))
     return rows
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-
-    def fmt(v: object) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:

@@ -456,19 +456,21 @@ def _collapse_case(dim: int, form: str, steps: int, rank: int, queue: mp.Queue) 
     )
 
 
-def _fresh_process(target: Callable, *args: object) -> dict:
+def fresh_process(target: Callable[..., None], *args: object) -> dict:
+    """``target(*args, queue)`` in a fresh (spawned) process: its peak RSS is its own."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
-    row = queue.get()
-    proc.join()
-    return row
+    try:
+        return queue.get()
+    finally:
+        proc.join()
 
 
 def collapse_table(dims: list[int], steps: int = STEPS, rank: int = 8) -> list[dict]:
     forms = ("shared basis", "factored", "dense")
-    return [_fresh_process(_collapse_case, d, f, steps, rank) for d in dims for f in forms]
+    return [fresh_process(_collapse_case, d, f, steps, rank) for d in dims for f in forms]
 
 
 # --- table 3: memory of one training step at CelebA size ------------------------------------------
@@ -520,7 +522,7 @@ def memory_table(shape: tuple[int, ...] = (3, 64, 64)) -> list[dict]:
         ("isotropic_psd", 16, 1.0),
         ("isotropic_psd", 64, 1.0),
     ]
-    return [_fresh_process(_memory_case, *case, shape) for case in cases]
+    return [fresh_process(_memory_case, *case, shape) for case in cases]
 
 
 def table(rows: list[dict]) -> str:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,3 +68,36 @@ def wait_http(url: str, timeout: float = 120) -> None:
         except OSError:
             assert time.time() < deadline, f"{url} did not come up"
             time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def in_process_ray(monkeypatch: pytest.MonkeyPatch, module: str, num_cpus: int) -> Iterator[None]:
+    """A local Ray in this process, in a temp folder of its own, shut down afterwards; the test
+    module ``module`` is pickled by value (the workers import pipelines, not the tests)."""
+    import ray
+
+    from pipelines.common import ray_runtime  # first: it keeps Ray on loopback
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    tmp = tempfile.mkdtemp(prefix="lzr-", dir="/tmp")  # short: Ray's socket paths
+    monkeypatch.setenv("RAY_TMPDIR", tmp)
+    ray_runtime.init(num_cpus=num_cpus, dashboard=False)  # no State API needed: Ray ends here
+    ray.cloudpickle.register_pickle_by_value(sys.modules[module])
+    try:
+        yield
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[module])
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group ``proc`` leads (started with start_new_session), then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

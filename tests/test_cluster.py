@@ -6,14 +6,11 @@ Also: a deterministic fault (``NumericalFault``) is not retried."""
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import io
 import json
-import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -25,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from conftest import wait_http
+from conftest import stop_group, wait_http
 from test_pipeline_e2e import BIN, clean_env, copy_project
 
 from lincore.toys import toy
@@ -96,18 +93,6 @@ def make_project(
     params = PARAMS.format(data=data, epochs=epochs, workers=workers, train=train and f", {train}")
     (proj / "params.yaml").write_text(params)
     return proj
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group it leads (started with start_new_session), then SIGKILL."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 # ---- S3: moto's server as the endpoint ---------------------------------------------------------
@@ -252,7 +237,7 @@ def test_a_tracking_server_keeps_the_artifacts_and_the_client_project_none(tmp_p
         exp = client.get_experiment(run_info.experiment_id)
         assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     finally:
-        stop(server)
+        stop_group(server)
     files = {p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*") if p.is_file()}
     grid = f"{run_info.experiment_id}/{run_info.run_id}/artifacts/samples/train_end_grid.png"
     assert grid in files, sorted(files)
@@ -380,7 +365,7 @@ def cluster(tmp_path) -> Iterator[dict[str, str]]:
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            stop(proc)
+            stop_group(proc)
         shutil.rmtree(temp, ignore_errors=True)
 
 

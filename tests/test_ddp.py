@@ -5,16 +5,13 @@ G12); with ``prepare_model`` replaced by the identity (no DDP) they diverge and 
 
 from __future__ import annotations
 
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from conftest import in_process_ray
 
-from pipelines.common import ray_runtime
 from pipelines.common.config import parse
 from pipelines.training.driver import loop_config
 from pipelines.training.loop import fit_epochs
@@ -58,18 +55,8 @@ def per_worker(config: dict[str, Any]) -> None:
 @pytest.fixture
 def local_ray(monkeypatch):
     """A local 2-CPU Ray in this process, in a temp folder of its own; shut down afterwards."""
-    import ray  # after ray_runtime (module top), which keeps Ray on loopback
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    tmp = tempfile.mkdtemp(prefix="lzr-", dir="/tmp")  # short: Ray's socket paths
-    monkeypatch.setenv("RAY_TMPDIR", tmp)
-    ray_runtime.init(num_cpus=WORLD, dashboard=False)  # no State API needed: Ray ends here
-    # the workers import pipelines (PYTHONPATH), not this test file: ship its code by value
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
+    with in_process_ray(monkeypatch, __name__, num_cpus=WORLD):
+        yield
 
 
 @pytest.mark.slow

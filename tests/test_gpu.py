@@ -10,19 +10,17 @@ identical replicas (needs 2 GPUs).
 from __future__ import annotations
 
 import copy
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from conftest import in_process_ray
 from test_devices import SMALL, far_model
 from test_faults import FakeSession, moons_config
 
-from pipelines.common import checkpoints, ray_runtime
+from pipelines.common import checkpoints
 from pipelines.common.config import parse
 from pipelines.common.data import read_split
 from pipelines.common.one_step_sampler import OneStepSampler
@@ -223,17 +221,8 @@ def per_worker(config: dict[str, Any]) -> None:
 @pytest.fixture
 def local_gpu_ray(monkeypatch):
     """A local Ray in this process that sees this machine's GPUs; shut down afterwards."""
-    import ray  # after ray_runtime, which keeps Ray on loopback
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    tmp = tempfile.mkdtemp(prefix="lzr-", dir="/tmp")  # short: Ray's socket paths
-    monkeypatch.setenv("RAY_TMPDIR", tmp)
-    ray_runtime.init(num_cpus=WORLD, dashboard=False)
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
+    with in_process_ray(monkeypatch, __name__, num_cpus=WORLD):
+        yield
 
 
 @pytest.mark.slow

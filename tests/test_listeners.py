@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 
 import psutil
 import pytest
-from conftest import wait_for_job_agent, wait_http
+from conftest import stop_group, wait_for_job_agent, wait_http
 from test_pipeline_e2e import BIN, clean_env
 
 from pipelines.commands import cluster_check
@@ -68,20 +67,6 @@ def _env(**extra: str) -> dict[str, str]:
     for key in LOOPBACK_ENV:
         env.pop(key, None)
     return {**env, **extra}
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM its process group (started with start_new_session), then SIGKILL."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _settle(pid: int, ports: set[int], names: set[str], timeout: float = 120) -> list[Listener]:
@@ -206,7 +191,7 @@ def head():
         )
         yield proc, ports, env, found
     finally:
-        _stop(proc)
+        stop_group(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -311,7 +296,7 @@ def test_mlflow_ui_as_the_readme_writes_it_listens_on_loopback_only(tmp_path):
         found = _settle(proc.pid, {port}, set(), timeout=60)
         _assert_loopback(found)
     finally:
-        _stop(proc)
+        stop_group(proc)
 
 
 INIT = """\
@@ -348,5 +333,5 @@ def test_the_in_process_ray_listens_on_loopback_only():
         proc.stdin.close()  # the driver returns, and ray.shutdown() stops its servers
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=60)
-        _stop(proc)  # whatever is left of its process group
+        stop_group(proc)  # whatever is left of its process group
         shutil.rmtree(tmp, ignore_errors=True)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import in_process_ray
 
-from pipelines.common import ray_runtime
 from pipelines.common.config import parse
 from pipelines.common.errors import LinearizerError
 from pipelines.training import batches
@@ -209,18 +206,8 @@ def test_the_loop_streams_its_shard_and_a_resumed_run_retraces_an_undisturbed_on
 @pytest.fixture
 def local_ray(monkeypatch):
     """A local 2-CPU Ray in this process, in a temp folder of its own; shut down afterwards."""
-    import ray
-
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    tmp = tempfile.mkdtemp(prefix="lzr-", dir="/tmp")  # short: Ray's socket paths
-    monkeypatch.setenv("RAY_TMPDIR", tmp)
-    ray_runtime.init(num_cpus=2, dashboard=False)
-    # the workers import pipelines (PYTHONPATH), not this test file: ship its code by value
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
+    with in_process_ray(monkeypatch, __name__, num_cpus=2):
+        yield
 
 
 def recording_worker(folder: str) -> Any:

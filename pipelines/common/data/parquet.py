@@ -184,13 +184,9 @@ def _decode(
     return x, labels
 
 
-def iter_rows(
-    path: str | Path, batch_rows: int, *, limit: int | None = None
+def _batches(
+    f: pq.ParquetFile, meta: dict[str, Any], name: str, batch_rows: int, limit: int | None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(x, labels)`` batches of at most ``batch_rows`` rows, the first ``limit`` rows (all
-    when ``None``): memory bounded by the batch, whatever the split's size."""
-    f, name = _open(path)
-    meta = _meta(f, name)
     left = meta["rows"] if limit is None else min(limit, meta["rows"])
     for batch in f.iter_batches(batch_size=batch_rows):
         if left <= 0:
@@ -201,10 +197,21 @@ def iter_rows(
         yield _decode(batch, meta["shape"], name)
 
 
+def iter_rows(
+    path: str | Path, batch_rows: int, *, limit: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(x, labels)`` batches of at most ``batch_rows`` rows, the first ``limit`` rows (all
+    when ``None``): memory bounded by the batch, whatever the split's size."""
+    f, name = _open(path)
+    yield from _batches(f, _meta(f, name), name, batch_rows, limit)
+
+
 def read_head(path: str | Path, rows: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """The first ``rows`` rows of a split (all when it has fewer): ``(x, labels, metadata)``."""
-    meta = split_info(path)
-    parts = list(iter_rows(path, min(rows, 8192), limit=rows))
+    """The first ``rows`` rows of a split (all when it has fewer): ``(x, labels, metadata)``,
+    from one opening of the file."""
+    f, name = _open(path)
+    meta = _meta(f, name)
+    parts = list(_batches(f, meta, name, min(rows, 8192), rows))
     x = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return x, labels, meta
