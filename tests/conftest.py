@@ -91,13 +91,15 @@ def in_process_ray(monkeypatch: pytest.MonkeyPatch, module: str, num_cpus: int) 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group ``proc`` leads (started with start_new_session), then SIGKILL."""
+def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM the leader of the process group ``proc`` leads (started with start_new_session),
+    then SIGKILL whatever is left of the group. The leader alone: it stops its own children
+    (``ray start --block`` stops its node in about 2 s), while a SIGTERM to the whole group
+    makes it wait about 30 s for children that are ending on their own."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

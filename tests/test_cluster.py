@@ -379,12 +379,21 @@ while ray.cluster_resources().get("CPU", 0) < 2:
     assert time.time() < deadline, ray.cluster_resources()
     time.sleep(0.5)
 
-@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+# one bundle on each node, guaranteed (SPREAD is a preference: a task that finishes before the
+# second one is placed lets that one run on the same node)
+group = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+ray.get(group.ready(), timeout=60)
+
+@ray.remote(num_cpus=1)
 def where():
     import os, pipelines
     return ray.get_runtime_context().get_node_id(), pipelines.__file__, os.environ.get("PYTHONPATH")
 
-for node, path, pythonpath in ray.get([where.remote() for _ in range(2)]):
+on = [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i) for i in range(2)]
+for node, path, pythonpath in ray.get([where.options(scheduling_strategy=s).remote() for s in on]):
     print("worker", node, path, pythonpath)
 """
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import wait_for_job_agent
+from conftest import stop_group, wait_for_job_agent
 from test_pipeline_e2e import BIN, clean_env, copy_project, sh
 
 from pipelines.commands.cluster_check import listeners, non_loopback
@@ -32,7 +32,7 @@ from sweeps.search import check_trial_resources
 TINY = """\
 data: {name: moons, n_samples: 600}
 model: {rank: 2, depth: 2, hidden: 16, operator_hidden: 16}
-train: {batch_size: 64}
+train: {batch_size: 64, epochs: %(epochs)d}  # = max_epochs: no retrain, except where a test asks
 evaluate: {steps: 20}
 sweep:
   num_samples: %(n)d
@@ -745,12 +745,7 @@ def test_ray_job_submit_against_a_local_head_with_token_auth(project, tmp_path):
         assert (project / "ray_results/from-a-job/train_runs").is_dir()  # Ray Train per trial
         assert "best trial" in out
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        stop_group(head)
 
 
 @pytest.mark.slow

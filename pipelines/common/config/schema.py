@@ -143,7 +143,7 @@ class SweepConfig:
     num_samples: int = 4
     max_epochs: int = 6
     max_concurrent_trials: int = 2
-    workers_per_trial: int = 1
+    workers_per_trial: int = 0
     """Ray Train workers per trial; 0 trains inside the trial process (fastest on a laptop)"""
     metric: str = "val_mmd"
     objectives: str = "single"
