@@ -91,7 +91,7 @@ def in_process_ray(monkeypatch: pytest.MonkeyPatch, module: str, num_cpus: int) 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
+def stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM the leader of the process group ``proc`` leads (started with start_new_session),
     then SIGKILL whatever is left of the group. The leader alone: it stops its own children
     (``ray start --block`` stops its node in about 2 s), while a SIGTERM to the whole group
@@ -99,7 +99,7 @@ def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
+        proc.wait(timeout=30)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
