@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--json", help="also write the result here")
     args = p.parse_args(argv)
 
-    from pipelines.common import config as config_mod
-    from pipelines.common import data as data_mod
+    from pipelines import config as config_mod
+    from pipelines import data as data_mod
 
     raw = {
         "data": {"name": "moons", "n_samples": 2000},

@@ -31,9 +31,9 @@ import torch
 from benchmarks.one_step import table
 from lincore.generators import OneStepFlowMatching
 from lincore.metrics import median_seconds
-from pipelines.common import data
-from pipelines.common.config import Config, DataConfig, ModelConfig, TrainConfig
-from pipelines.common.one_step_sampler import OneStepSampler
+from pipelines import data
+from pipelines.config import Config, DataConfig, ModelConfig, TrainConfig
+from pipelines.model.sampler import OneStepSampler
 from pipelines.training.driver import loop_config
 from pipelines.training.loop import fit_epochs
 
@@ -73,7 +73,7 @@ def in_process(cfg: Config, folder: Path, device: str, epochs: int, n: int) -> d
 
 
 def ray_train(cfg: Config, folder: Path, workers: int, epochs: int, n: int) -> dict[str, Any]:
-    from pipelines.common import ray_runtime
+    from pipelines import ray_runtime
     from pipelines.training.driver import run as run_training
     from pipelines.training.driver import unique_run_name
     from pipelines.training.state import load_result_state
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
                     base, train=dataclasses.replace(base.train, precision=precision, use_gpu=True)
                 )
                 training.append(in_process(cfg, folder, "cuda", epochs, n))
-            from pipelines.common import ray_runtime
+            from pipelines import ray_runtime
 
             ray_runtime.init()
             gpu_cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, use_gpu=True))

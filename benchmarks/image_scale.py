@@ -12,7 +12,7 @@ per second, each case in a fresh process. Next to the project's operator (``isot
 dense matrix and its gradient; or the batch-16 peak scaled by the batch) exceeds 80% of the
 memory available is not run, and the table says so.
 
-Table 2, evaluation (``pipelines.stages.evaluate.evaluate``) of a 1x28x28 model at 1k and 10k
+Table 2, evaluation (``pipelines.evaluation.trained.evaluate``) of a 1x28x28 model at 1k and 10k
 test rows with the same ``evaluate.n_samples``: peak RSS (flat is the aim).
 
 Table 3, a Ray Train worker's peak RSS while it trains one epoch on digits-shaped data
@@ -123,8 +123,8 @@ def _evaluation_case(test_rows: int, n_samples: int, queue: mp.Queue) -> None:
     import numpy as np
 
     from lincore.testing import far_from_identity, far_from_zero
-    from pipelines.common import data
-    from pipelines.stages.evaluate import evaluate
+    from pipelines import data
+    from pipelines.evaluation.trained import evaluate
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

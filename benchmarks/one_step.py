@@ -66,8 +66,8 @@ from lincore.metrics import (
 from lincore.operators import time_operator
 from lincore.sampling import collapse
 from lincore.toys import toy
-from pipelines.common.config import DataConfig, ModelConfig
-from pipelines.common.data import build as build_dataset
+from pipelines.config import DataConfig, ModelConfig
+from pipelines.data import build as build_dataset
 
 STEPS = 100
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.one_step import table
-from pipelines.common import data, ray_runtime
-from pipelines.common.config import Config, DataConfig, ModelConfig, TrainConfig
+from pipelines import data, ray_runtime
+from pipelines.config import Config, DataConfig, ModelConfig, TrainConfig
 from pipelines.training.batches import split_bytes
 from pipelines.training.driver import run as run_training
 from pipelines.training.driver import unique_run_name
@@ -87,7 +87,7 @@ def probing_worker(folder: str) -> Any:
 
         import ray.train
 
-        from pipelines.common import hooks
+        from pipelines.faults import hooks
         from pipelines.training.loop import train_loop_per_worker
 
         rank = ray.train.get_context().get_world_rank()

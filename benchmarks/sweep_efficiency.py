@@ -195,9 +195,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--md", help="also write the table here")
     args = p.parse_args(argv)
 
-    from pipelines.common import config as config_mod
-    from pipelines.common import data as data_mod
-    from pipelines.common import ray_runtime
+    from pipelines import config as config_mod
+    from pipelines import data as data_mod
+    from pipelines import ray_runtime
     from sweeps import search
 
     if args.reduction_factor:

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from benchmarks.one_step import table
-from pipelines.common import data, ray_runtime
-from pipelines.common.config import Config, DataConfig, TrainConfig
+from pipelines import data, ray_runtime
+from pipelines.config import Config, DataConfig, TrainConfig
 from pipelines.training.driver import run as run_training
 from pipelines.training.driver import unique_run_name
 from pipelines.training.state import load_result_state

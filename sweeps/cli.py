@@ -30,10 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import config as config_mod
-from pipelines.common import ray_runtime, tracking
-from pipelines.common.errors import ConfigError, cli
-from sweeps import registry, results, space
+from pipelines import config as config_mod
+from pipelines import ray_runtime, tracking
+from pipelines.entry import cli
+from pipelines.errors import ConfigError
+from sweeps import registry, space
+from sweeps.champion import CHAMPION_METRIC
 from sweeps.mlflow_runs import PARENT_TAG, ROLE_TAG, attempt_logger, close_orphans, find_parent
 from sweeps.results import summarise
 from sweeps.search import check_trial_resources, fit
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_model = config_mod.resolve(args.model)
     train_path, val_path = data_dir / "train.parquet", data_dir / "val.parquet"
 
-    from pipelines.common.data import read_split
+    from pipelines.data import read_split
 
     _, _, meta = read_split(train_path)
     xv, _, _ = read_split(val_path)
@@ -176,7 +178,7 @@ def report(
     """The sweep's closing lines: the best trial at its budget, the candidate at the full one
     against the champion and the train stage's model, and what was registered."""
     s, best, decision = cfg.sweep, summary["best"], summary["champion"]
-    cand, metric = decision["candidate"], results.CHAMPION_METRIC
+    cand, metric = decision["candidate"], CHAMPION_METRIC
 
     def value(entry: dict[str, Any] | None) -> str:
         if not entry:

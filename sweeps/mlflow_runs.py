@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import tracking
-from pipelines.common.config import Config
-from pipelines.common.tracking.dataset import describe
+from pipelines import tracking
+from pipelines.config import Config
+from pipelines.tracking.dataset import describe
 
 PARENT_TAG, ROLE_TAG = "linearizer.sweep", tracking.ROLE_TAG
 TRIAL_TAG = "linearizer.trial_id"
@@ -131,3 +131,13 @@ def close_orphans(experiment_id: str, parent_id: str) -> int:
     All of them: a trial that was running when its driver died has a newer run after the
     resume, and the older one would hide behind it in ``child_runs``."""
     return tracking.mark_killed(all_child_runs(experiment_id, parent_id))
+
+
+def log_final(run_id: str, row: dict[str, Any], keys: tuple[str, ...]) -> None:
+    """Log a scored model's ``keys`` of ``row`` to its run at step 0, in one batch."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    final = [Metric(k, float(row[k]), now, 0) for k in keys if k in row]
+    MlflowClient().log_batch(run_id, metrics=final)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.common.errors import ConfigError
+from pipelines.errors import ConfigError
 
 KIND_TAG, KIND = "linearizer.kind", "one-step-sampler"
 ALIAS = "champion"
@@ -59,7 +59,7 @@ def champion(name: str) -> tuple[str, Path] | None:
 
 def register(model_uri: str, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
     """A new version of ``name`` from ``model_uri``, aliased ``champion``; returns the version.
-    Call it only for a model that beat the current champion (``sweeps.results.decide``)."""
+    Call it only for a model that beat the current champion (``sweeps.champion.decide``)."""
     import mlflow
     from mlflow import MlflowClient
 

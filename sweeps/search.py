@@ -17,8 +17,8 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from pipelines.common.config import Config, SweepConfig
-from pipelines.common.errors import ConfigError, LinearizerError, ServiceError
+from pipelines.config import Config, SweepConfig
+from pipelines.errors import ConfigError, LinearizerError, ServiceError
 from sweeps import space, trial
 
 REDUCTION_FACTOR = 2

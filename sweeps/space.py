@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pipelines.common.config import SweepConfig
-from pipelines.common.errors import ConfigError
+from pipelines.config import SweepConfig
+from pipelines.errors import ConfigError
 
 
 def tune_space(space: dict[str, dict[str, list]]) -> dict[str, Any]:

@@ -16,8 +16,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import fault_injection
-from pipelines.common.config import Config, apply_trial
+from pipelines.config import Config, apply_trial
+from pipelines.faults import injection as fault_injection
 from pipelines.training.driver import loop_config
 from pipelines.training.driver import run as run_training
 from pipelines.training.loop import fit_epochs

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.common import data as data_mod
-from pipelines.common.config import parse
+from pipelines import data as data_mod
+from pipelines.config import parse
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +76,7 @@ def in_process_ray(monkeypatch: pytest.MonkeyPatch, module: str, num_cpus: int) 
     module ``module`` is pickled by value (the workers import pipelines, not the tests)."""
     import ray
 
-    from pipelines.common import ray_runtime  # first: it keeps Ray on loopback
+    from pipelines import ray_runtime  # first: it keeps Ray on loopback
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     tmp = tempfile.mkdtemp(prefix="lzr-", dir="/tmp")  # short: Ray's socket paths

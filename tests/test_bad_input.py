@@ -22,8 +22,8 @@ from lincore import CouplingFlow, Dense, Idempotent, Linearizer, filters
 from lincore.generators import ProjectiveGenerator, StyleTransfer
 from pipelines.commands import cli as sample_cli
 from pipelines.commands import cluster_check, projective, style
-from pipelines.common.data import read_split
-from pipelines.common.errors import cli
+from pipelines.data import read_split
+from pipelines.entry import cli
 from pipelines.stages import evaluate, prepare, train
 from sweeps import cli as tune
 
@@ -437,7 +437,7 @@ def _module(path: Path) -> str:
 
 
 def _wraps_main(path: Path) -> bool:
-    """Whether the module wraps its ``main`` with ``errors.cli`` (``cli(main)``)."""
+    """Whether the module wraps its ``main`` with ``entry.cli`` (``cli(main)``)."""
     return any(
         isinstance(node, ast.Call)
         and isinstance(node.func, ast.Name)
@@ -479,9 +479,9 @@ def declared_entry_points() -> dict[str, str]:
 
 def entry_points() -> dict[str, str]:
     """Every CLI entry point: the declared ones, and every module of the project that wraps its
-    ``main`` with ``errors.cli`` (``python -m`` commands such as the application demos)."""
+    ``main`` with ``entry.cli`` (``python -m`` commands such as the application demos)."""
     wrapped = {
-        _module(path): "wraps main with errors.cli"
+        _module(path): "wraps main with entry.cli"
         for package in PACKAGES
         for path in sorted((ROOT / package).rglob("*.py"))
         if _wraps_main(path)
@@ -497,7 +497,7 @@ def test_every_declared_entry_point_runs_through_the_cli_wrapper():
         for module, where in declared.items()
         if not _wraps_main(ROOT / f"{module.replace('.', '/')}.py")
     }
-    assert not unwrapped, f"no errors.cli(main), so no one-line errors: {unwrapped}"
+    assert not unwrapped, f"no entry.cli(main), so no one-line errors: {unwrapped}"
 
 
 def test_every_entry_point_has_a_bad_input_case():

@@ -26,9 +26,9 @@ from conftest import stop_group, wait_http
 from test_pipeline_e2e import BIN, clean_env, copy_project
 
 from lincore.toys import toy
-from pipelines.common import ray_runtime, tracking
-from pipelines.common.config import output_path
-from pipelines.common.errors import ConfigError, ServiceError
+from pipelines import ray_runtime, tracking
+from pipelines.config import output_path
+from pipelines.errors import ConfigError, ServiceError
 
 PARAMS = """\
 data: {{{data}}}
@@ -371,7 +371,7 @@ def cluster(tmp_path) -> Iterator[dict[str, str]]:
 
 WHERE = """\
 import time
-from pipelines.common import ray_runtime  # first, as in the stages: it keeps Ray on loopback
+from pipelines import ray_runtime  # first, as in the stages: it keeps Ray on loopback
 import ray
 ray_runtime.init()
 deadline = time.time() + 60

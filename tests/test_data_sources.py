@@ -15,11 +15,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines.common import data
-from pipelines.common.config import DataConfig
-from pipelines.common.data import parquet
-from pipelines.common.data.sources import dequantise, noise_block_rows
-from pipelines.common.data.sources.images import file_order
+from pipelines import data
+from pipelines.config import DataConfig
+from pipelines.data import parquet
+from pipelines.data.sources import dequantise, noise_block_rows
+from pipelines.data.sources.images import file_order
 from pipelines.stages import prepare
 
 RNG = np.random.default_rng(7)

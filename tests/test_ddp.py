@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import in_process_ray
 
-from pipelines.common.config import parse
+from pipelines.config import parse
 from pipelines.training.driver import loop_config
 from pipelines.training.loop import fit_epochs
 from pipelines.training.session import RayTrainSession

@@ -19,10 +19,10 @@ from lincore.generators import OneStepFlowMatching
 from lincore.identity_plus import IdentityPlusLowRank
 from lincore.inn import ImageFlow
 from lincore.testing import far_from_identity, far_from_zero
-from pipelines.common import checkpoints
-from pipelines.common.config import ModelConfig, parse
-from pipelines.common.errors import ConfigError, LinearizerError
-from pipelines.common.one_step_sampler import OneStepSampler, default_device, parse_device
+from pipelines.config import ModelConfig, parse
+from pipelines.errors import ConfigError, LinearizerError
+from pipelines.model import checkpoints
+from pipelines.model.sampler import OneStepSampler, default_device, parse_device
 from pipelines.training import loop
 from pipelines.training.loop import LossWatch, MixedPrecision, fit_epochs
 from pipelines.training.session import worker_threads
@@ -349,8 +349,8 @@ def test_evaluation_runs_where_it_is_told(moons):
     compares it with CUDA): numpy images back, the float64 collapse exact."""
     import numpy as np
 
-    from pipelines.common.data import read_split
-    from pipelines.stages.evaluate import evaluate
+    from pipelines.data import read_split
+    from pipelines.evaluation.trained import evaluate
 
     test, _, _ = read_split(moons / "test.parquet")
     train, _, _ = read_split(moons / "train.parquet")

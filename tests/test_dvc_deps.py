@@ -24,14 +24,14 @@ import pytest
 import yaml
 from test_pipeline_e2e import BIN, copy_project, sh
 
-from pipelines.common import config as config_mod
-from pipelines.common.config import UnreadSectionError, load, parse
-from pipelines.common.errors import ConfigError
+from pipelines import config as config_mod
+from pipelines.config import UnreadSectionError, load, parse
+from pipelines.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("lincore", "pipelines", "sweeps")
 SECTION_MODULES = {"sweep": "sweeps.cli"}  # where a stage's SECTIONS live, if not its -m module
-# each stage's path flags: (flag's dest, its default in pipelines/common/config/paths.py)
+# each stage's path flags: (flag's dest, its default in pipelines/config/paths.py)
 INPUTS = {
     "prepare": {},
     "train": {"data": config_mod.PREPARED},

@@ -19,9 +19,9 @@ import torch
 
 from lincore.generators import OneStepFlowMatching
 from lincore.testing import far_from_identity, far_from_zero
-from pipelines.common import data as data_mod
-from pipelines.common.config import ModelConfig
-from pipelines.stages import evaluate as stage
+from pipelines import data as data_mod
+from pipelines.config import ModelConfig
+from pipelines.evaluation import trained as stage
 
 SHAPE = (1, 8, 8)
 SMALL = ModelConfig(rank=2, depth=2, hidden=16, operator_hidden=16, flow="image")

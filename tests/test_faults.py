@@ -21,9 +21,11 @@ import pytest
 import torch
 from test_pipeline_e2e import BIN, clean_env, copy_project, sh
 
-from pipelines.common import atomic, fault_injection, hooks
-from pipelines.common.config import parse
-from pipelines.common.fault_injection import InjectedFault
+from pipelines import atomic
+from pipelines.config import parse
+from pipelines.faults import hooks
+from pipelines.faults import injection as fault_injection
+from pipelines.faults.injection import InjectedFault
 from pipelines.training.driver import loop_config
 from pipelines.training.loop import NumericalFault, fit_epochs
 
@@ -166,7 +168,7 @@ def project(tmp_path) -> Path:
 
 
 def test_a_stage_killed_mid_write_leaves_the_previous_file_whole(tmp_path):
-    """The atomic writer's guarantee, through a real entry point (``errors.cli`` installs the
+    """The atomic writer's guarantee, through a real entry point (``entry.cli`` installs the
     fault): SIGKILLed between writing ``stats.json``'s temporary file and the rename, the stage
     leaves the previous ``stats.json`` exactly as it was, next to its complete temporary file."""
     out = tmp_path / "prepared"

@@ -20,11 +20,11 @@ from conftest import in_process_ray
 from test_devices import SMALL, far_model
 from test_faults import FakeSession, moons_config
 
-from pipelines.common import checkpoints
-from pipelines.common.config import parse
-from pipelines.common.data import read_split
-from pipelines.common.one_step_sampler import OneStepSampler
-from pipelines.stages.evaluate import evaluate
+from pipelines.config import parse
+from pipelines.data import read_split
+from pipelines.model import checkpoints
+from pipelines.model.sampler import OneStepSampler
+from pipelines.evaluation.trained import evaluate
 from pipelines.training.driver import loop_config
 from pipelines.training.loop import LossWatch, MixedPrecision, fit_epochs, train_step
 from pipelines.training.schedule import EmaWithWarmup

@@ -1,7 +1,7 @@
 """Every server the project starts or documents listens on loopback only (issue 18).
 
 Each slow test starts one server as the README writes it (the ``ray start --head`` recipe, read
-from the README itself; ``mlflow ui``; the in-process Ray of ``pipelines.common.ray_runtime``)
+from the README itself; ``mlflow ui``; the in-process Ray of ``pipelines.ray_runtime``)
 and lists the listening sockets of its whole process tree with psutil. Only the ports are
 changed, to free ones, and each Ray gets a temp folder of its own, so that a Ray or MLflow
 already running on the machine is neither disturbed nor audited. The project has no storage
@@ -29,8 +29,8 @@ from test_pipeline_e2e import BIN, clean_env
 
 from pipelines.commands import cluster_check
 from pipelines.commands.cluster_check import Listener, is_loopback, listeners, non_loopback
-from pipelines.common.config import ROOT
-from pipelines.common.ray_runtime import LOOPBACK_ENV
+from pipelines.config import ROOT
+from pipelines.ray_runtime import LOOPBACK_ENV
 
 README = ROOT / "README.md"
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
@@ -61,7 +61,7 @@ def readme_command(start: str) -> tuple[dict[str, str], list[str]]:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    """``clean_env`` without the loopback variable: importing ``pipelines.common.ray_runtime`` (this
+    """``clean_env`` without the loopback variable: importing ``pipelines.ray_runtime`` (this
     module does) sets it in os.environ, and only the README's own prefix may count here."""
     env = clean_env(RAY_USAGE_STATS_ENABLED="0")
     for key in LOOPBACK_ENV:
@@ -301,7 +301,7 @@ def test_mlflow_ui_as_the_readme_writes_it_listens_on_loopback_only(tmp_path):
 
 INIT = """\
 import sys
-from pipelines.common import ray_runtime
+from pipelines import ray_runtime
 ray_runtime.init(num_cpus=1)
 import ray
 assert ray.get(ray.remote(lambda: 1).remote()) == 1

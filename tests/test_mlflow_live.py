@@ -17,9 +17,9 @@ import pytest
 from test_faults import FakeSession, moons_config
 from test_pipeline_e2e import BIN, clean_env, copy_project
 
-from pipelines.common import tracking
-from pipelines.common.config import parse
-from pipelines.common.errors import ConfigError
+from pipelines import tracking
+from pipelines.config import parse
+from pipelines.errors import ConfigError
 from pipelines.training.loop import fit_epochs
 
 TINY = """\
@@ -90,8 +90,8 @@ def test_image_data_get_a_grid_and_an_interpolation_strip_at_their_epochs(store)
     import torch
 
     from lincore.generators import OneStepFlowMatching
-    from pipelines.common.config import ModelConfig
-    from pipelines.common.one_step_sampler import OneStepSampler
+    from pipelines.config import ModelConfig
+    from pipelines.model.sampler import OneStepSampler
 
     client, uri, exp = store
     run_id = client.create_run(exp).info.run_id

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from lincore.generators import OneStepFlowMatching
-from pipelines.common import checkpoints as checkpoint
-from pipelines.common import data, tracking
-from pipelines.common.config import DataConfig, ModelConfig, load, parse
-from pipelines.common.errors import ConfigError, DataError, ServiceError
+from pipelines import data, tracking
+from pipelines.config import DataConfig, ModelConfig, load, parse
+from pipelines.errors import ConfigError, DataError, ServiceError
+from pipelines.model import checkpoints as checkpoint
 from pipelines.stages.train import check_rank
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def test_checkpoints_round_trip_and_refuse_pickles(tmp_path):
 
 def test_checkpoints_from_before_the_operator_key_load_and_sample(tmp_path):
     """A checkpoint written before ``model.operator`` existed holds the rank-only ``A_t``."""
-    from pipelines.common.one_step_sampler import OneStepSampler
+    from pipelines.model.sampler import OneStepSampler
 
     cfg = ModelConfig(
         rank=2, depth=2, hidden=8, operator_hidden=8, operator="low_rank", w_one_step_likelihood=0.0
@@ -243,7 +243,7 @@ def test_stage_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
 
 
 def test_an_unreachable_ray_address_is_refused(monkeypatch):
-    from pipelines.common import ray_runtime
+    from pipelines import ray_runtime
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     with pytest.raises(ServiceError, match="cannot reach the Ray cluster at RAY_ADDRESS"):
@@ -270,7 +270,7 @@ def test_the_local_ray_node_stays_on_loopback_and_is_the_one_ray_tools_find():
     shared.parent.mkdir(parents=True, exist_ok=True)
     shared.write_text("127.0.0.1:1")  # a cluster long gone
     code = (
-        "from pipelines.common import ray_runtime; ray_runtime.init(dashboard=False); "
+        "from pipelines import ray_runtime; ray_runtime.init(dashboard=False); "
         "import ray, os; "
         "from ray._common.utils import get_ray_address_file as f; "
         "print('node', ray.util.get_node_ip_address()); "

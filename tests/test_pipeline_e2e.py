@@ -105,7 +105,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert "evaluate/samples.png" in names
     mlflow.set_tracking_uri(summary["tracking_uri"])
     loaded = mlflow.pyfunc.load_model(summary["mlflow_model_uri"])
-    from pipelines.common.one_step_sampler import OneStepSampler
+    from pipelines.model.sampler import OneStepSampler
 
     sampler = loaded.unwrap_python_model().sampler
     assert type(sampler).__name__ == OneStepSampler.__name__

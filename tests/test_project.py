@@ -90,7 +90,7 @@ def test_params_yaml_restates_the_schemas_defaults():
     there give the same run, so the two never drift apart (sweep.workers_per_trial once did)."""
     import yaml
 
-    from pipelines.common.config import Config, parse
+    from pipelines.config import Config, parse
 
     written = parse(yaml.safe_load((ROOT / "params.yaml").read_text())).to_flat_dict()
     default = Config().to_flat_dict()

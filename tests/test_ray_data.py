@@ -19,8 +19,8 @@ import pytest
 import torch
 from conftest import in_process_ray
 
-from pipelines.common.config import parse
-from pipelines.common.errors import LinearizerError
+from pipelines.config import parse
+from pipelines.errors import LinearizerError
 from pipelines.training import batches
 from pipelines.training.driver import loop_config
 from pipelines.training.loop import fit_epochs
@@ -217,8 +217,8 @@ def recording_worker(folder: str) -> Any:
     def per_worker(config: dict[str, Any]) -> None:
         import ray.train
 
-        from pipelines.common import data
-        from pipelines.common.data import parquet
+        from pipelines import data
+        from pipelines.data import parquet
         from pipelines.training import batches, loop
 
         out = Path(folder)
@@ -258,7 +258,7 @@ def test_two_workers_holding_every_cpu_each_stream_their_half_once_per_epoch(
     """2 workers on a 2-CPU Ray (Ray Train holds both CPUs: the read tasks must still run), 1
     epoch through ``driver.run``: each worker trained the same number of steps, on rows of its
     own shard only, together every row of the split exactly once, and read no split whole."""
-    from pipelines.common.data import read_split
+    from pipelines.data import read_split
     from pipelines.training.driver import run
 
     train, val = moons / "train.parquet", moons / "val.parquet"

@@ -19,7 +19,7 @@ import sys
 import pytest
 from test_pipeline_e2e import clean_env
 
-from pipelines.common.config import ROOT
+from pipelines.config import ROOT
 
 WARNING = "Found multiple active Ray instances"
 
@@ -27,7 +27,7 @@ PIPELINE = r"""
 import json, logging, os, sys, time
 from pathlib import Path
 
-from pipelines.common import ray_runtime
+from pipelines import ray_runtime
 
 ray_runtime.init(num_cpus=1)
 

@@ -24,9 +24,9 @@ from conftest import stop_group, wait_for_job_agent
 from test_pipeline_e2e import BIN, clean_env, copy_project, sh
 
 from pipelines.commands.cluster_check import listeners, non_loopback
-from pipelines.common.config import SweepConfig
-from pipelines.common.errors import ConfigError, ServiceError
-from sweeps import registry, results, space
+from pipelines.config import SweepConfig
+from pipelines.errors import ConfigError, ServiceError
+from sweeps import champion, outputs, registry, results, scoring, space
 from sweeps.search import check_trial_resources
 
 TINY = """\
@@ -93,7 +93,7 @@ def test_pareto_front_matches_its_definition():
 def test_best_params_nest_into_params_sections():
     import numpy as np
 
-    assert results.nested({"model.rank": np.int64(8), "train.lr": 0.01}) == {
+    assert outputs.nested({"model.rank": np.int64(8), "train.lr": 0.01}) == {
         "model": {"rank": 8},
         "train": {"lr": 0.01},
     }
@@ -234,7 +234,7 @@ def test_tpe_ranks_complete_trials_above_pruned_ones_and_starts_modelling_early(
     that looked good after one epoch; and TPE models the space after a third of the sweep."""
     from optuna.samplers._tpe.sampler import _split_trials
 
-    from pipelines.common.config import parse
+    from pipelines.config import parse
     from sweeps.search import BudgetOptunaSearch, search_setup, startup_trials
 
     s = _searcher(max_t=4)
@@ -265,7 +265,7 @@ def _tiny_model(seed: int):
     import torch
 
     from lincore.generators import OneStepFlowMatching
-    from pipelines.common.config import ModelConfig
+    from pipelines.config import ModelConfig
 
     cfg = ModelConfig(rank=1, depth=1, hidden=8, operator_hidden=8)
     model = OneStepFlowMatching.build((2,), cfg, seed=0, steps=10)
@@ -281,8 +281,9 @@ def _logged_model(tmp_path: Path, seed: int, name: str) -> tuple[Path, str, str]
     of its own: ``(checkpoint, model uri, run id)``."""
     import mlflow
 
-    from pipelines.common import checkpoints, tracking
-    from pipelines.common.one_step_sampler import OneStepSampler
+    from pipelines import tracking
+    from pipelines.model import checkpoints
+    from pipelines.model.sampler import OneStepSampler
 
     model, cfg = _tiny_model(seed)
     path = tmp_path / name / "model.pt"
@@ -300,8 +301,8 @@ def test_a_worse_candidate_does_not_move_the_champion(tmp_path):
     import numpy as np
     from mlflow import MlflowClient
 
-    from pipelines.common.config import parse
-    from pipelines.common.one_step_sampler import OneStepSampler
+    from pipelines.config import parse
+    from pipelines.model.sampler import OneStepSampler
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
     try:
@@ -312,21 +313,21 @@ def test_a_worse_candidate_does_not_move_the_champion(tmp_path):
         b_path, b_uri, b_run = _logged_model(tmp_path, 1, "b")
         model_a, _ = _tiny_model(0)
         reference = OneStepSampler(model_a, 10).sample(300, seed=99).numpy()
-        score_a = results.score_checkpoint(a_path, 10, reference, (2,))[0]["final_mmd"]
-        score_b = results.score_checkpoint(b_path, 10, reference, (2,))[0]["final_mmd"]
+        score_a = scoring.score_checkpoint(a_path, 10, reference, (2,))[0]["final_mmd"]
+        score_b = scoring.score_checkpoint(b_path, 10, reference, (2,))[0]["final_mmd"]
         assert score_a < score_b
-        assert results.score_checkpoint(a_path, 10, reference, (3,))[0] is None  # other data
+        assert scoring.score_checkpoint(a_path, 10, reference, (3,))[0] is None  # other data
 
         def candidate(uri: str, run: str, value: float) -> dict:
             return {"final_mmd": value, "epochs": 30, "model_uri": uri, "run_id": run}
 
-        first = results.crown(cfg, candidate(a_uri, a_run, score_a), (2,), reference, None)
+        first = champion.crown(cfg, candidate(a_uri, a_run, score_a), (2,), reference, None)
         assert first["registered"] and first["champion"] is None
         client = MlflowClient()
         v1 = client.get_model_version_by_alias("guarded", registry.ALIAS).version
         assert registry.champion("guarded")[0] == str(v1)
 
-        second = results.crown(cfg, candidate(b_uri, b_run, score_b), (2,), reference, None)
+        second = champion.crown(cfg, candidate(b_uri, b_run, score_b), (2,), reference, None)
         assert not second["registered"] and second["registered_version"] == ""
         assert second["champion"]["final_mmd"] == pytest.approx(score_a)
         assert "does not beat champion" in second["reason"]
@@ -335,7 +336,7 @@ def test_a_worse_candidate_does_not_move_the_champion(tmp_path):
 
         # B against no champion but a better train-stage model: still not registered
         client.delete_registered_model_alias("guarded", registry.ALIAS)
-        third = results.crown(cfg, candidate(b_uri, b_run, score_b), (2,), reference, a_path)
+        third = champion.crown(cfg, candidate(b_uri, b_run, score_b), (2,), reference, a_path)
         assert not third["registered"] and "train_model" in third["reason"]
         assert third["train_model"]["final_mmd"] == pytest.approx(score_a)
         assert np.isfinite(third["candidate"]["final_mmd"])
@@ -344,11 +345,11 @@ def test_a_worse_candidate_does_not_move_the_champion(tmp_path):
 
 
 def test_the_champion_decision_needs_a_strictly_better_score():
-    assert results.decide(0.3, {"champion": 0.4, "train_model": None})[0]
-    assert not results.decide(0.4, {"champion": 0.4})[0]  # a tie keeps the old champion
-    assert not results.decide(0.3, {"champion": 0.5, "train_model": 0.2})[0]
-    assert results.decide(0.3, {})[1] == "no champion or train-stage model to beat"
-    assert not results.decide(float("nan"), {})[0]
+    assert champion.decide(0.3, {"champion": 0.4, "train_model": None})[0]
+    assert not champion.decide(0.4, {"champion": 0.4})[0]  # a tie keeps the old champion
+    assert not champion.decide(0.3, {"champion": 0.5, "train_model": 0.2})[0]
+    assert champion.decide(0.3, {})[1] == "no champion or train-stage model to beat"
+    assert not champion.decide(float("nan"), {})[0]
 
 
 def test_score_is_the_loops_val_mmd_of_the_same_weights(moons):
@@ -357,9 +358,9 @@ def test_score_is_the_loops_val_mmd_of_the_same_weights(moons):
     import torch
 
     from lincore.generators import OneStepFlowMatching
-    from pipelines.common.config import parse
-    from pipelines.common.data import read_split
-    from pipelines.common.one_step_sampler import OneStepSampler
+    from pipelines.config import parse
+    from pipelines.data import read_split
+    from pipelines.model.sampler import OneStepSampler
     from pipelines.training.driver import loop_config
     from pipelines.training.loop import fit_epochs
     from pipelines.training.state import final_weights
@@ -392,7 +393,7 @@ def test_score_is_the_loops_val_mmd_of_the_same_weights(moons):
     model = OneStepFlowMatching.build((2,), cfg.model, seed=cfg.train.seed, steps=10)
     model.load_state_dict(final_weights(state))
     xv, _, _ = read_split(moons / "val.parquet")
-    scored = results.score(OneStepSampler(model, 10), xv)
+    scored = scoring.score(OneStepSampler(model, 10), xv)
     assert scored["final_mmd"] == pytest.approx(metrics["val_mmd"], rel=1e-6)
 
 
@@ -404,8 +405,8 @@ def test_the_dataset_input_carries_the_dvc_md5_and_a_profile(moons, tmp_path, mo
 
     from mlflow import MlflowClient
 
-    from pipelines.common import tracking
-    from pipelines.common.tracking import dataset
+    from pipelines import tracking
+    from pipelines.tracking import dataset
 
     root = tmp_path / "proj"
     folder = root / "data" / "prepared"
@@ -440,7 +441,7 @@ def test_the_dataset_digest_is_what_dvc_writes(moons, tmp_path):
     folder = tmp_path / "prepared"
     import shutil
 
-    from pipelines.common.tracking import dataset
+    from pipelines.tracking import dataset
 
     shutil.copytree(moons, folder)
     sh([str(BIN / "dvc"), "init", "--no-scm", "-q"], tmp_path, timeout=120)
@@ -454,8 +455,8 @@ def test_the_experiment_is_marked_for_model_development(tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.common import tracking
-    from pipelines.common.config import MlflowConfig
+    from pipelines import tracking
+    from pipelines.config import MlflowConfig
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     try:
@@ -483,7 +484,7 @@ def test_child_runs_carry_the_whole_config_the_dataset_and_their_trial_id(moons,
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.common.config import parse
+    from pipelines.config import parse
     from sweeps import trial as trial_mod
     from sweeps.mlflow_runs import TRIAL_TAG, attempt_logger, child_runs
 

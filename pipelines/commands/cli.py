@@ -11,9 +11,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines import figures
 from pipelines.commands import cluster_check
-from pipelines.common import figures
-from pipelines.common.errors import ConfigError, DataError, cli
+from pipelines.entry import cli
+from pipelines.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import torch
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 def load_sampler(model: str, steps: int, device: str | torch.device | None = None) -> object:
     """A ``OneStepSampler`` from a local checkpoint or an MLflow model URI, on ``device``
     (``None``/``"auto"``: the GPU when there is one, else the CPU)."""
-    from pipelines.common.one_step_sampler import OneStepSampler
+    from pipelines.model.sampler import OneStepSampler
 
     if "://" not in model and not model.startswith(("models:", "runs:")):
         path = Path(model)
@@ -46,7 +47,7 @@ def load_sampler(model: str, steps: int, device: str | torch.device | None = Non
 def sample(args: argparse.Namespace) -> Path:
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
-    from pipelines.common.one_step_sampler import parse_device
+    from pipelines.model.sampler import parse_device
 
     device = parse_device(args.device)  # checked before any model is loaded
     sampler = load_sampler(args.model, args.steps, device)

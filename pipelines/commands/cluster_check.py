@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import psutil
 
-from pipelines.common.errors import ServiceError, cli
+from pipelines.entry import cli
+from pipelines.errors import ServiceError
 
 # Executables Ray starts by name (the C++ servers, and Redis for an external-storage GCS).
 RAY_PROCESS_NAMES: tuple[str, ...] = ("gcs_server", "raylet", "plasma_store", "redis-server")

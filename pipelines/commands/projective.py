@@ -29,11 +29,12 @@ from lincore.metrics import (
     roundtrip_error,
     sliced_wasserstein,
 )
-from pipelines.common import config as config_mod
-from pipelines.common import data as data_mod
-from pipelines.common import figures
-from pipelines.common.atomic import write_csv, write_json
-from pipelines.common.errors import ConfigError, cli
+from pipelines import config as config_mod
+from pipelines import data as data_mod
+from pipelines import figures
+from pipelines.atomic import write_csv, write_json
+from pipelines.entry import cli
+from pipelines.errors import ConfigError
 from pipelines.training.timed_fit import fit_for
 
 COLUMNS = (

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from lincore import filters
 from lincore.generators import StyleTransfer
 from lincore.metrics import psnr
-from pipelines.common import config as config_mod
-from pipelines.common import figures
-from pipelines.common.atomic import write_json
-from pipelines.common.errors import ConfigError, cli
+from pipelines import config as config_mod
+from pipelines import figures
+from pipelines.atomic import write_json
+from pipelines.entry import cli
+from pipelines.errors import ConfigError
 from pipelines.training.timed_fit import fit_for
 
 ALPHAS = [0.0, 0.25, 0.5, 0.75, 1.0]

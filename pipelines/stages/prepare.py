@@ -7,7 +7,7 @@ The data are streamed: every sample is assigned to a split first (a seeded permu
 their split's writer, so memory holds one chunk whatever the data set's size. Deterministic for
 ``data.seed`` (byte-identical files); every file is written atomically, and an error midway
 leaves no split behind. ``--out`` (and ``data.path``) may be a URI such as
-``s3://bucket/prepared`` (see ``pipelines.common.storage``).
+``s3://bucket/prepared`` (see ``pipelines.storage``).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipelines.common import config as config_mod
-from pipelines.common import data, storage
-from pipelines.common.atomic import write_json
-from pipelines.common.config import DataConfig
-from pipelines.common.data.sources import noise_block_rows
-from pipelines.common.errors import DataError, cli
+from pipelines import config as config_mod
+from pipelines import data, storage
+from pipelines.atomic import write_json
+from pipelines.config import DataConfig
+from pipelines.data.sources import noise_block_rows
+from pipelines.entry import cli
+from pipelines.errors import DataError
 
 SECTIONS = ("data",)
 """The params.yaml sections this stage reads (dvc.yaml's ``params`` for it)."""

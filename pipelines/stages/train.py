@@ -16,12 +16,13 @@ import argparse
 import math
 
 from lincore.generators import OneStepFlowMatching
-from pipelines.common import checkpoints as checkpoint
-from pipelines.common import config as config_mod
-from pipelines.common import figures, ray_runtime, tracking
-from pipelines.common.atomic import write_csv, write_json
-from pipelines.common.data import read_split
-from pipelines.common.errors import ConfigError, cli
+from pipelines import config as config_mod
+from pipelines import figures, ray_runtime, tracking
+from pipelines.atomic import write_csv, write_json
+from pipelines.data import read_split
+from pipelines.entry import cli
+from pipelines.errors import ConfigError
+from pipelines.model import checkpoints as checkpoint
 from pipelines.training.driver import run as run_training
 from pipelines.training.driver import unique_run_name
 from pipelines.training.state import final_weights, load_result_state
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.common.one_step_sampler import OneStepSampler
+    from pipelines.model.sampler import OneStepSampler
 
     # the MLflow run exists before the first epoch: RUNNING while Ray Train trains, rank 0
     # logging each epoch into it (fit_epochs), FAILED with the reason if it fails

@@ -55,9 +55,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipelines.common import storage
-from pipelines.common.data import read_split, split_info
-from pipelines.common.errors import LinearizerError
+from pipelines import storage
+from pipelines.data import read_split, split_info
+from pipelines.errors import LinearizerError
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipelines.common.config import Config, output_path
-from pipelines.common.errors import LinearizerError
+from pipelines.config import Config, output_path
+from pipelines.errors import LinearizerError
 from pipelines.training import batches
 from pipelines.training.loop import train_loop_per_worker
 

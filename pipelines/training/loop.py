@@ -22,20 +22,20 @@ from torch.optim.swa_utils import AveragedModel
 
 from lincore import unchecked
 from lincore.generators import OneStepFlowMatching
-from lincore.metrics import mmd, typicality
-from pipelines.common import fault_injection, hooks, tracking
-from pipelines.common.config import ModelConfig, TrainConfig
-from pipelines.common.data import read_head
-from pipelines.common.errors import LinearizerError
+from pipelines import tracking
+from pipelines.config import ModelConfig, TrainConfig
+from pipelines.data import read_head
+from pipelines.errors import LinearizerError
+from pipelines.evaluation.quality import NOISE_SEED, SCORE_ROWS, score
+from pipelines.faults import hooks
+from pipelines.faults import injection as fault_injection
 from pipelines.training import batches as batches_mod
 from pipelines.training.schedule import EmaWithWarmup, learning_rate
 from pipelines.training.session import RayTrainSession, Session
 
 if TYPE_CHECKING:
-    from pipelines.common.one_step_sampler import OneStepSampler
+    from pipelines.model.sampler import OneStepSampler
 
-VAL_ROWS = 512
-"""Validation rows of the per-epoch metrics: the head of the validation split."""
 INIT_ROWS = 256
 """Train rows that initialise ActNorm (image flows): the head of the train split."""
 FINITE_CHECK_EVERY = 50
@@ -136,16 +136,16 @@ def train_step(
 def _val_metrics(
     model: Any, xv: torch.Tensor, seed: int, steps: int
 ) -> tuple[dict[str, float], OneStepSampler]:
-    """Validation loss terms with fixed noise (comparable across epochs), ``val_mmd`` (one-step
-    samples against validation data: the quality a sweep compares; the loss is not comparable
-    across loss weights) and ``val_inversion_energy`` (median ``|e|^2 / D`` of validation data
-    inverted to noise: about 1 when the generator covers the data).
+    """Validation loss terms with fixed noise (comparable across epochs), and the one-step
+    sample quality of ``evaluation.quality.score`` as ``val_mmd``, ``val_swd``, ``val_energy``
+    and ``val_inversion_energy``: what a sweep compares (the loss is not comparable across loss
+    weights), from the same function that scores a sweep's models.
 
     Runs ``model`` (the EMA, or the weights being trained) where it is, on its device, with no
     copy: the sampler only collapses it (float64 copies of the operator's factors) and puts it
     in eval mode, which the caller had set already. Also returns that sampler, so that the
     epoch's pictures reuse the collapse instead of computing it twice."""
-    from pipelines.common.one_step_sampler import OneStepSampler
+    from pipelines.model.sampler import OneStepSampler
 
     devices = [xv.device] if xv.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
@@ -154,10 +154,7 @@ def _val_metrics(
         values = torch.stack([v.detach().to(torch.float64) for v in out.values()]).tolist()
         terms = {f"val_{k}": v for k, v in zip(out, values, strict=True)}
         sampler = OneStepSampler(model, steps, device=xv.device)
-        ref = xv.cpu()
-        terms["val_mmd"] = mmd(sampler.sample(len(ref), seed=seed), ref)
-        noise = sampler.model.invert(xv, sampler.collapsed)
-        terms["val_inversion_energy"] = typicality(noise)["median_energy"]
+        terms |= {f"val_{k}": v for k, v in score(sampler, xv).items()}
     return terms, sampler
 
 
@@ -193,7 +190,7 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     amp = MixedPrecision(train_cfg.precision, device)
     # heads only: a worker never holds a split for these (the train batches: ``batches``)
     x_init, _, meta = read_head(config["train_path"], INIT_ROWS)
-    xv, _, _ = read_head(config["val_path"], VAL_ROWS)
+    xv, _, _ = read_head(config["val_path"], SCORE_ROWS)
     shape = tuple(meta["shape"])
     model = OneStepFlowMatching.build(shape, model_cfg, seed=train_cfg.seed, steps=sampler_steps)
     xv_t = torch.from_numpy(xv)
@@ -260,7 +257,7 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             raise NumericalFault(f"parameters became NaN/inf in epoch {epoch}: lower train.lr")
         raw.eval()
         evaluated.eval()
-        val, val_sampler = _val_metrics(evaluated, xv_t, seed=1234, steps=sampler_steps)
+        val, val_sampler = _val_metrics(evaluated, xv_t, seed=NOISE_SEED, steps=sampler_steps)
         metrics = {
             "epoch": epoch,
             "train_loss": watch.mean(),

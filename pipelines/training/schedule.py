@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from pipelines.common.config import TrainConfig
+from pipelines.config import TrainConfig
 
 
 def learning_rate(cfg: TrainConfig, epoch: int, step: int, steps: int, epochs: int) -> float:

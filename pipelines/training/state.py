@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipelines.common.errors import LinearizerError
+from pipelines.errors import LinearizerError
 
 STATE_FILE = "state.pt"
 

@@ -1,0 +1,60 @@
+"""``params.yaml``: the schema (``schema``), reading and validating it (``loading``), and the
+paths it names and the stages' default paths (``paths``)."""
+
+from pipelines.config.loading import apply_trial, load, parse
+from pipelines.config.paths import (
+    METRICS,
+    MODELS,
+    PARAMS_FILE,
+    PLOTS,
+    PREPARED,
+    RAW_DATA,
+    ROOT,
+    SOURCE_FOLDERS,
+    SWEEP_RESULTS,
+    output_path,
+    project_root,
+    resolve,
+)
+from pipelines.config.schema import (
+    DATASETS,
+    SECTIONS,
+    Config,
+    DataConfig,
+    EvaluateConfig,
+    MlflowConfig,
+    ModelConfig,
+    SweepConfig,
+    TrainConfig,
+    UnreadSection,
+    UnreadSectionError,
+)
+
+__all__ = [
+    "DATASETS",
+    "METRICS",
+    "MODELS",
+    "PARAMS_FILE",
+    "PLOTS",
+    "PREPARED",
+    "RAW_DATA",
+    "ROOT",
+    "SECTIONS",
+    "SOURCE_FOLDERS",
+    "SWEEP_RESULTS",
+    "Config",
+    "DataConfig",
+    "EvaluateConfig",
+    "MlflowConfig",
+    "ModelConfig",
+    "SweepConfig",
+    "TrainConfig",
+    "UnreadSection",
+    "UnreadSectionError",
+    "apply_trial",
+    "load",
+    "output_path",
+    "parse",
+    "project_root",
+    "resolve",
+]
