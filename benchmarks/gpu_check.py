@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.one_step import table
+from benchmarks.common import table
 from lincore.generators import OneStepFlowMatching
 from lincore.metrics import median_seconds
 from pipelines import data
@@ -49,8 +49,11 @@ class LocalSession:
     def latest_state(self) -> None:
         return None
 
-    def prepare(self, loader: Any, model: torch.nn.Module) -> tuple[Any, Any]:
-        return loader, model.to(self.device)
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def shard_loader(self, loader: Any) -> Any:
+        return loader
 
     def report(self, metrics: dict[str, float], state: Any) -> None:
         self.reports.append(metrics)

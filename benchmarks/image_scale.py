@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmarks.one_step import fresh_process, table
+from benchmarks.common import fresh_process, table
 from lincore.generators import OneStepFlowMatching
 from lincore.operators.time_low_rank import TimeLowRank
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.one_step import table
+from benchmarks.common import table
 from pipelines import data, ray_runtime
 from pipelines.config import Config, DataConfig, ModelConfig, TrainConfig
 from pipelines.training.batches import split_bytes

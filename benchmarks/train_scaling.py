@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.one_step import table
+from benchmarks.common import table
 from pipelines import data, ray_runtime
 from pipelines.config import Config, DataConfig, TrainConfig
 from pipelines.training.driver import run as run_training

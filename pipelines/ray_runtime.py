@@ -13,11 +13,10 @@ import os
 import socket
 import tempfile
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 from urllib.parse import urlparse
 
-from pipelines import storage, tracking
+from pipelines import requirements, storage, tracking
 from pipelines.config import ROOT
 from pipelines.errors import ConfigError, ServiceError
 
@@ -76,14 +75,15 @@ def _own_cluster_hook() -> Callable[[], None]:
     return pin_own_gcs_address
 
 
-def pinned_requirements() -> list[str]:
-    """The project's own dependencies as pyproject.toml pins them (``torch==2.13.0``, ...), read
-    from its installed metadata, extras left out."""
-    return [
-        req.split(";")[0].replace(" ", "")
-        for req in metadata.requires("linearizer") or []
-        if "extra ==" not in req
-    ]
+CLIENT_ENV = (*tracking.MLFLOW_ENV, *storage.S3_ENV)
+"""The client settings (credentials included) that Ray workers on other nodes need and do not
+inherit: the MLflow client's (rank 0 logs each epoch to a server behind auth) and the S3
+client's (the data and the checkpoints under ``train.storage_path``)."""
+
+
+def client_env() -> dict[str, str]:
+    """The ones of ``CLIENT_ENV`` set in this process."""
+    return {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
 
 
 def cluster_runtime_env() -> dict[str, Any]:
@@ -98,10 +98,10 @@ def cluster_runtime_env() -> dict[str, Any]:
     env: dict[str, Any] = {
         "py_modules": [str(ROOT / name) for name in PACKAGES],
         "excludes": ["__pycache__/", "*.pyc"],
-        "env_vars": {**tracking.client_env(), **storage.client_env()},
+        "env_vars": client_env(),
     }
     if os.environ.get(PIP_ENV) == "1":
-        env["pip"] = pinned_requirements()
+        env["pip"] = requirements.pinned()
     return env
 
 

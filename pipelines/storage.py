@@ -36,7 +36,7 @@ CREDENTIAL_ENV = (
     "AWS_CONTAINER_CREDENTIALS_FULL_URI",
 )
 """any of these set means the AWS SDK has a credential source besides the instance's role"""
-CLIENT_ENV = (
+S3_ENV = (
     *ENDPOINT_ENV,
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
@@ -79,12 +79,6 @@ class StorageUri(str):
 
     def is_dir(self) -> bool:
         return _file_type(self) == "Directory"
-
-
-def client_env() -> dict[str, str]:
-    """The S3 client settings of this process (credentials included) that Ray workers on other
-    nodes need to read the data and write checkpoints: the ones set among ``CLIENT_ENV``."""
-    return {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}
 
 
 def endpoint() -> str | None:

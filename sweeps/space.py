@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from pipelines.config import SweepConfig
-from pipelines.errors import ConfigError
+from pipelines.config import SweepConfig, check_rank
 
 
 def tune_space(space: dict[str, dict[str, list]]) -> dict[str, Any]:
@@ -27,15 +25,10 @@ def tune_space(space: dict[str, dict[str, list]]) -> dict[str, Any]:
 
 
 def check_against_data(sweep: SweepConfig, shape: tuple[int, ...]) -> None:
-    """A rank above the latent dimension cannot be built: refuse it before trials start."""
-    dim = math.prod(shape)
+    """A rank outside ``1..D`` cannot be built: refuse it before trials start."""
     spec = sweep.space.get("model.rank")
     if spec is None:
         return
     ((dist, values),) = spec.items()
-    highest = max(values)
-    if highest > dim:
-        raise ConfigError(
-            f"sweep.space.model.rank.{dist} reaches {highest}, above the latent dimension {dim} "
-            f"of samples of shape {shape}; keep rank values in 1..{dim}"
-        )
+    for rank in (min(values), max(values)):
+        check_rank(int(rank), shape, key=f"sweep.space.model.rank.{dist}")

@@ -275,7 +275,7 @@ CLI_CASES: list[tuple[str, Callable, Callable[[Path, Path], list[str]], str]] = 
             "--data",
             str(d),
         ],
-        "above the latent dimension 2",
+        "rank.choice=5 is impossible",
     ),
     (
         "sweep flag out of range",

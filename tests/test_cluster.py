@@ -266,7 +266,7 @@ def test_a_server_that_answers_401_is_one_line_naming_the_auth_variables(monkeyp
     threading.Thread(target=server.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        for name in tracking.CLIENT_ENV:
+        for name in tracking.MLFLOW_ENV:
             monkeypatch.delenv(name, raising=False)
         with pytest.raises(ServiceError) as err:
             tracking.check_reachable(uri)

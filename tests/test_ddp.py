@@ -22,17 +22,17 @@ WORLD, EPOCHS = 2, 2
 
 class RecordingSession(RayTrainSession):
     """``RayTrainSession`` that also saves this rank's weights to ``folder``: as built (before
-    ``prepare`` wraps the model) and after each epoch's report, with the rank's metrics."""
+    ``wrap_model`` wraps the model) and after each epoch's report, with the rank's metrics."""
 
     def __init__(self, folder: str) -> None:
         super().__init__()
         self.folder = Path(folder)
 
-    def prepare(self, loader: Any, model: torch.nn.Module) -> tuple[Any, Any]:
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         self.model = model  # the module DDP wraps: the weights this rank trains
         self.parameters = [name for name, _ in model.named_parameters()]
         self._save("init", {})
-        return super().prepare(loader, model)
+        return super().wrap_model(model)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         super().report(metrics, state)

@@ -31,11 +31,11 @@ SMALL = ModelConfig(rank=2, depth=2, hidden=16, operator_hidden=16)
 
 
 class DoubleSession(FakeSession):
-    """A session whose ``prepare`` changes the model's dtype, as Ray's ``prepare_model`` changes
-    its device: whatever the loop restores must follow the prepared model."""
+    """A session whose ``wrap_model`` changes the model's dtype, as Ray's ``prepare_model``
+    changes its device: whatever the loop restores must follow the prepared model."""
 
-    def prepare(self, loader: Any, model: torch.nn.Module) -> tuple[Any, Any]:
-        return loader, model.double()
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.double()
 
 
 def far_model(shape: tuple[int, ...] = (2,), seed: int = 0) -> OneStepFlowMatching:
@@ -241,12 +241,17 @@ def test_worker_threads_split_the_node_among_its_own_workers():
 
 
 def test_the_loop_takes_its_threads_from_the_session(moons):
+    """The loop sets torch's thread count to the session's ``cpu_threads``. The count starts
+    at another value (3), so a loop that leaves it alone fails instead of passing by chance
+    (on a 2-core machine, or after another test, it may be 1 already)."""
     before = torch.get_num_threads()
     session = FakeSession()
     session.cpu_threads = 1
     try:
+        torch.set_num_threads(3)
+        assert torch.get_num_threads() == 3 != session.cpu_threads
         fit_epochs(moons_config(moons, 1), session)
-        assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == session.cpu_threads
     finally:
         torch.set_num_threads(before)
 

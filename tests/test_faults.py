@@ -43,8 +43,11 @@ class FakeSession:
     def latest_state(self) -> dict[str, Any] | None:
         return self.state
 
-    def prepare(self, loader: Any, model: Any) -> tuple[Any, Any]:
-        return loader, model
+    def wrap_model(self, model: Any) -> Any:
+        return model
+
+    def shard_loader(self, loader: Any) -> Any:
+        return loader
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         self.reports.append(metrics)

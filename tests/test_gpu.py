@@ -22,9 +22,9 @@ from test_faults import FakeSession, moons_config
 
 from pipelines.config import parse
 from pipelines.data import read_split
+from pipelines.evaluation.trained import evaluate
 from pipelines.model import checkpoints
 from pipelines.model.sampler import OneStepSampler
-from pipelines.evaluation.trained import evaluate
 from pipelines.training.driver import loop_config
 from pipelines.training.loop import LossWatch, MixedPrecision, fit_epochs, train_step
 from pipelines.training.schedule import EmaWithWarmup
@@ -43,12 +43,12 @@ def on_cpu(tree: Any) -> Any:
 
 
 class CudaSession(FakeSession):
-    """``FakeSession`` on the GPU: ``prepare`` moves the model there, as Ray's ``prepare_model``
+    """``FakeSession`` on the GPU: ``wrap_model`` moves the model there, as Ray's ``prepare_model``
     does, and records the device of every batch the model trains on."""
 
     device = torch.device("cuda", 0)
 
-    def prepare(self, loader: Any, model: torch.nn.Module) -> tuple[Any, Any]:
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         self.model, self.batch_devices = model, set()
 
         def record(_: Any, args: tuple) -> None:
@@ -56,7 +56,7 @@ class CudaSession(FakeSession):
                 self.batch_devices.add(args[0].device)
 
         model.register_forward_pre_hook(record)
-        return loader, model.to(self.device)
+        return model.to(self.device)
 
 
 @pytest.mark.skipif(not CUDA, reason=NO_CUDA)
@@ -199,9 +199,9 @@ class RecordingSession(RayTrainSession):
         super().__init__()
         self.folder = Path(folder)
 
-    def prepare(self, loader: Any, model: torch.nn.Module) -> tuple[Any, Any]:
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         self.model = model
-        return super().prepare(loader, model)
+        return super().wrap_model(model)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         super().report(metrics, state)

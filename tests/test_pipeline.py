@@ -17,10 +17,9 @@ import torch
 
 from lincore.generators import OneStepFlowMatching
 from pipelines import data, tracking
-from pipelines.config import DataConfig, ModelConfig, load, parse
+from pipelines.config import DataConfig, ModelConfig, check_rank, load, parse
 from pipelines.errors import ConfigError, DataError, ServiceError
 from pipelines.model import checkpoints as checkpoint
-from pipelines.stages.train import check_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 

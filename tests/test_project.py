@@ -35,12 +35,57 @@ def test_torch_is_pinned_in_the_install_path():
     assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
 
 
-def test_readme_api_example_runs():
-    """The tour in the README works as shown."""
+def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Float32 agreement: a far-from-identity D=2 flow round-trips to ~2e-6 (README table)."""
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=what)
+
+
+def check_readme_claims(ns: dict) -> None:
+    """What the README's tour says of its objects, recomputed through those objects."""
+    g, f, X, Y, x = ns["g"], ns["f"], ns["X"], ns["Y"], ns["x"]
+    y = f(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    close(g.inverse(g(x)), x, "g is invertible")
+    close(y, g.inverse(f.A(g(x))), "f = g^-1 A g")
+    close(X.add(X.scale(2.0, x), x), X.scale(3.0, x), "2 ⊙ x ⊕ x = 3 ⊙ x in X")
+    close(f(X.add(X.scale(2.0, x), x)), Y.scale(3.0, y), "f is linear: f(2 ⊙ x ⊕ x) = 3 ⊙ f(x)")
+    close(f(ns["f_plus"](y)), y, "f f^+ f = f (Moore-Penrose)")
+    close(ns["h"](x), f(ns["k"](x)), "h = f @ k is f ∘ k")
+    U, S, Vh = f.svd()
+    assert S.shape == (1,) and S[0] > 0  # LowRank(rank=1): one singular value
+    close(U @ torch.diag(S) @ Vh, f.A.matrix(), "svd of the operator")
+    points = f.singular_points()
+    close(f(points.right), Y.scale(points.values, points.left), "f(v_i) = s_i ⊙ u_i")
+    close(f.project(y), y, "y = f(x) lies in range(f): its projection is itself")
+    q = f.project(x)
+    close(f.project(q), q, "a projection is in range(f)")
+    p = ns["p"]
+    close(p(p(x)), p(x), "p(p(x)) == p(x)")
+    assert not torch.allclose(p(x), x, atol=1e-2)  # a rank-1 projector of R^2 moves points
+
+
+def test_readme_api_example_runs_and_does_what_it_says():
+    """The tour in the README runs as shown, and its objects have the properties its comments
+    state (linearity in the induced spaces, pseudo-inverse, composition, SVD, projection,
+    idempotence). A fresh flow is the identity, where those hold for any linear map; so they
+    are checked again on the same objects after ``far_from_identity`` moves ``g``, where a
+    missing ``g`` or ``g^-1`` anywhere breaks them."""
+    from lincore.testing import far_from_identity
+
     code = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["y"].shape == namespace["x"].shape
+    with torch.random.fork_rng(), torch.no_grad():
+        torch.manual_seed(0)
+        exec(compile(code, "README.md", "exec"), namespace)
+        x, y = namespace["x"], namespace["y"]
+        assert y.shape == x.shape == (8, 2) and torch.isfinite(y).all()
+        close(namespace["z"], namespace["X"].scale(3.0, x), "the tour's z is 3 ⊙ x")
+        close(namespace["r"], y, "the tour's r: y is its own projection")
+        check_readme_claims(namespace)
+        g = namespace["g"]
+        far_from_identity(g)
+        assert not torch.allclose(g(x), x, atol=1e-2)  # g now bends the space
+        check_readme_claims(namespace)
 
 
 def test_demo_fits_and_reports_exact_algebra(capsys):

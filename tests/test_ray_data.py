@@ -105,8 +105,11 @@ class FakeSession:
     def latest_state(self) -> dict[str, Any] | None:
         return self.state
 
-    def prepare(self, loader: Any, model: Any) -> tuple[Any, Any]:
-        return loader, model
+    def wrap_model(self, model: Any) -> Any:
+        return model
+
+    def shard_loader(self, loader: Any) -> Any:
+        return loader
 
     def dataset_shard(self, name: str) -> Any:
         return self.shard if name == batches.DATASET else None

@@ -71,7 +71,7 @@ def test_the_space_becomes_tune_distributions():
 
 def test_a_rank_above_the_latent_dimension_is_refused():
     sweep = SweepConfig(space={"model.rank": {"choice": [1, 2, 3]}})
-    with pytest.raises(ConfigError, match=r"reaches 3, above the latent dimension 2"):
+    with pytest.raises(ConfigError, match=r"rank.choice=3 is impossible.* in 1..2"):
         space.check_against_data(sweep, (2,))
     space.check_against_data(sweep, (1, 8, 8))
 
@@ -374,8 +374,11 @@ def test_score_is_the_loops_val_mmd_of_the_same_weights(moons):
         def latest_state(self) -> None:
             return None
 
-        def prepare(self, loader, model):
-            return loader, model
+        def wrap_model(self, model):
+            return model
+
+        def shard_loader(self, loader):
+            return loader
 
         def report(self, metrics: dict, state: dict | None) -> None:
             self.reports.append((metrics, state))
@@ -571,7 +574,7 @@ def test_a_rank_above_the_data_dimension_stops_the_sweep_cli(project, tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(params))
     r = run_sweep(project, "--params", str(bad), timeout=120)
-    assert r.returncode == 2 and "above the latent dimension 2" in r.stderr
+    assert r.returncode == 2 and "rank.choice=3 is impossible" in r.stderr
 
 
 def _trial_results(sweep_dir: Path) -> dict[str, int]:

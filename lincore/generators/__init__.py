@@ -1,14 +1,11 @@
 """Generators built from Linearizers, and the baselines they are measured against."""
 
 from lincore.generators.baseline import FlowMatchingBaseline, MaximumLikelihoodFlow, VelocityMLP
+from lincore.generators.interpolation import slerp
+from lincore.generators.likelihood import bits_per_dim
 from lincore.generators.meanflow import MeanFlow, MeanVelocityMLP
-from lincore.generators.one_step import (
-    LossWeights,
-    OneStepConfig,
-    OneStepFlowMatching,
-    bits_per_dim,
-    slerp,
-)
+from lincore.generators.one_step import OneStepFlowMatching
+from lincore.generators.one_step_config import LossWeights, OneStepConfig, max_rank
 from lincore.generators.projective import ProjectiveGenerator
 from lincore.generators.style import StyleTransfer
 
@@ -24,5 +21,6 @@ __all__ = [
     "StyleTransfer",
     "VelocityMLP",
     "bits_per_dim",
+    "max_rank",
     "slerp",
 ]

@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lincore._checks import check_int, check_tensor
+from lincore.generators.interpolation import slerp
+from lincore.generators.one_step_config import LossWeights, OneStepConfig, max_rank
 from lincore.inn import CouplingFlow, Flow, ImageFlow, Reshaped
 from lincore.metrics import max_error
 from lincore.operators.time_isotropic import TimeOperator, time_operator
@@ -32,78 +33,6 @@ LOG_2PI = math.log(2 * math.pi)
 MAX_DENSE_LIKELIHOOD_DIM = 1024
 """Largest ``D`` for which the rank-only operator may train the one-step likelihood (its
 collapse goes dense, ``D x D`` per step in the autograd graph)."""
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the terms of the objective: the paper's four and two likelihoods.
-
-    No defaults here: the project's defaults live in ``OneStepConfig`` (one source), and the
-    paper's objective is ``LossWeights.paper()``.
-    """
-
-    latent: float
-    noise_reconstruction: float
-    data_reconstruction: float
-    prediction: float
-    data_likelihood: float
-    """Beyond the paper: ``-log N(g(x1; 1); 0, I) - log|det J|`` per dimension, which pushes
-    ``g(.; 1)`` to Gaussianise the data so that a linear latent sampler can reach it. 0 = off."""
-    one_step_likelihood: float
-    """Beyond the paper: the exact NLL of the one-step generator itself (``log_prob`` through the
-    collapsed sampler, differentiated), per dimension. Costs one more pass of ``g`` each way per
-    step; needs an operator with shared bases (``isotropic_*``). 0 = off."""
-
-    @classmethod
-    def paper(cls, **changes: float) -> LossWeights:
-        """The paper's objective (its four terms, weight 1; no likelihoods), with ``changes``."""
-        base = {
-            "latent": 1.0,
-            "noise_reconstruction": 1.0,
-            "data_reconstruction": 1.0,
-            "prediction": 1.0,
-            "data_likelihood": 0.0,
-            "one_step_likelihood": 0.0,
-        }
-        return cls(**{**base, **changes})
-
-
-@dataclass(frozen=True)
-class OneStepConfig:
-    """The knobs of the standard one-step model: ``params.yaml``'s ``model`` section.
-
-    The one source of their defaults: the pipeline's schema is this class.
-    """
-
-    rank: int = 16
-    """rank r of the time-conditioned operator A_t (1..D)"""
-    depth: int = 6
-    """coupling blocks in the invertible network g"""
-    hidden: int = 128
-    operator_hidden: int = 128
-    """width of the time network that makes a(t) and the r x r core of A_t"""
-    operator: str = "isotropic_psd"
-    """kind of A_t: isotropic_psd (a(t) I + U S_t U^T, S_t >= 0: no direction lost, bounded
-    below) | isotropic_low_rank (a(t) I + U C_t V^T) | low_rank (U_t V_t^T, the original; its
-    one-step sampler keeps 1/T of the noise outside rank r)"""
-    flow: str = "coupling"
-    """coupling (MLP couplings on flattened samples) | image (Glow-style, needs C, H, W)"""
-    two_networks: bool = False
-    sigma: float = 0.3
-    w_latent: float = 1.0
-    w_noise_reconstruction: float = 1.0
-    w_data_reconstruction: float = 1.0
-    w_prediction: float = 1.0
-    w_data_likelihood: float = 1.0
-    w_one_step_likelihood: float = 1.0
-    """exact NLL of the one-step generator as a training term (about 2x the cost of a step; the
-    rank-only operator allows it up to D = 1024, where its collapse goes dense)"""
-
-    def loss_weights(self) -> LossWeights:
-        """The ``w_<term>`` keys as ``LossWeights`` (one key per field)."""
-        return LossWeights(
-            **{f.name: getattr(self, f"w_{f.name}") for f in dataclasses.fields(LossWeights)}
-        )
 
 
 class OneStepFlowMatching(nn.Module):
@@ -200,7 +129,7 @@ class OneStepFlowMatching(nn.Module):
         operator, operator_hidden = cfg.operator, cfg.operator_hidden
         two_networks, sigma = cfg.two_networks, cfg.sigma
         dim = math.prod(event_shape)
-        check_int("rank", rank, low=1, high=dim)
+        check_int("rank", rank, low=1, high=max_rank(event_shape))
 
         def net(conditional: bool, offset: int) -> Flow:
             torch.manual_seed(seed + offset)
@@ -382,26 +311,3 @@ class OneStepFlowMatching(nn.Module):
             - sampler.logabsdet()
             + log_det_data.to(torch.float64)
         )
-
-
-def slerp(a: Tensor, b: Tensor, alpha: float) -> Tensor:
-    """Spherical interpolation of rows of noise (it keeps Gaussian noise at its typical norm,
-    where a straight line would pass through atypically small noise)."""
-    fa, fb = a.flatten(1), b.flatten(1)
-    cos = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1))
-    omega = torch.arccos(cos.clamp(-1 + 1e-7, 1 - 1e-7))[:, None]
-    mix = (torch.sin((1 - alpha) * omega) * fa + torch.sin(alpha * omega) * fb) / torch.sin(omega)
-    return mix.reshape(a.shape)
-
-
-def bits_per_dim(log_prob: Tensor, dim: int, *, bins: int | None = None) -> float:
-    """Mean negative log-likelihood in bits per dimension.
-
-    With ``bins`` (e.g. 256 for 8-bit images scaled to ``[0, 1]``) the density is converted to
-    the usual per-bin scale, ``-log p + D log(bins)``; without it this is the continuous NLL (it
-    can be negative for concentrated 2-D toys).
-    """
-    nll = -log_prob.mean().item()
-    if bins is not None:
-        nll += dim * math.log(bins)
-    return nll / (dim * math.log(2))

@@ -1,5 +1,5 @@
-"""``params.yaml``: the schema (``schema``), reading and validating it (``loading``), and the
-paths it names and the stages' default paths (``paths``)."""
+"""``params.yaml``: the schema (``schema``), reading and validating it (``loading``), the
+paths it names and the stages' default paths (``paths``), and the rank rule (``rank``)."""
 
 from pipelines.config.loading import apply_trial, load, parse
 from pipelines.config.paths import (
@@ -16,6 +16,7 @@ from pipelines.config.paths import (
     project_root,
     resolve,
 )
+from pipelines.config.rank import check_rank
 from pipelines.config.schema import (
     DATASETS,
     SECTIONS,
@@ -52,6 +53,7 @@ __all__ = [
     "UnreadSection",
     "UnreadSectionError",
     "apply_trial",
+    "check_rank",
     "load",
     "output_path",
     "parse",

@@ -33,28 +33,27 @@ from pipelines.tracking.runs import (
     logged_steps,
     mark_killed,
     open_train_run,
+    start_train_run,
 )
-from pipelines.tracking.sampler_model import log_sampler_model, pip_requirements
+from pipelines.tracking.sampler_model import log_sampler_model, serving_requirements
 from pipelines.tracking.server import (
-    CLIENT_ENV,
+    MLFLOW_ENV,
     artifact_location,
     check_reachable,
-    client_env,
     setup,
     tracking_uri,
 )
 
 __all__ = [
-    "CLIENT_ENV",
     "DRIVER_TAG",
     "ERROR_TAG",
+    "MLFLOW_ENV",
     "RAY_RUN_TAG",
     "ROLE_TAG",
     "STEP_METRIC",
     "LiveRun",
     "artifact_location",
     "check_reachable",
-    "client_env",
     "close_orphaned_train_runs",
     "dataset_input",
     "driver_alive",
@@ -70,7 +69,8 @@ __all__ = [
     "logged_steps",
     "mark_killed",
     "open_train_run",
-    "pip_requirements",
+    "serving_requirements",
     "setup",
+    "start_train_run",
     "tracking_uri",
 ]

@@ -202,3 +202,24 @@ def log_missing_epochs(client: MlflowClient, run_id: str, history: list[dict[str
     for i in range(0, len(missing), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=missing[i : i + 1000])
     return len(missing)
+
+
+def start_train_run(
+    client: MlflowClient,
+    experiment_id: str,
+    ray_run: str,
+    params: dict[str, Any],
+    *,
+    resume: bool,
+    dataset: Any = None,
+) -> tuple[str, str | None]:
+    """The train stage's run before its first epoch: the one of ``ray_run`` reopened when
+    resuming (``find_train_run``), else a new one; train runs an earlier killed driver left
+    RUNNING are marked KILLED first. ``(run_id, status before)``, as ``open_train_run``."""
+    resumed = find_train_run(client, experiment_id, ray_run) if resume else None
+    closed = close_orphaned_train_runs(
+        client, experiment_id, keep=resumed.info.run_id if resumed else None
+    )
+    if closed:
+        print(f"marked {closed} train run(s) left RUNNING by a killed driver as KILLED")
+    return open_train_run(client, experiment_id, ray_run, params, previous=resumed, dataset=dataset)

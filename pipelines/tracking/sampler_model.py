@@ -3,10 +3,10 @@ checkpoint: nothing is pickled."""
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines import requirements
 from pipelines.config import ROOT
 
 if TYPE_CHECKING:
@@ -17,15 +17,9 @@ SERVING_PACKAGES = ("torch", "mlflow", "numpy", "pyarrow")
 (``pyproject.toml``), the one place they are written."""
 
 
-def pip_requirements() -> list[str]:
+def serving_requirements() -> list[str]:
     """``SERVING_PACKAGES`` as ``pyproject.toml`` pins them (``torch==2.13.0``, ...)."""
-    found = {}
-    for req in metadata.requires("linearizer") or []:
-        spec = req.split(";")[0].strip()
-        name = spec.split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower()
-        if name in SERVING_PACKAGES and "extra ==" not in req:
-            found[name] = spec.replace(" ", "")
-    return [found.get(name, name) for name in SERVING_PACKAGES]
+    return requirements.pinned(SERVING_PACKAGES)
 
 
 def log_sampler_model(
@@ -49,7 +43,7 @@ def log_sampler_model(
         code_paths=[str(ROOT / "lincore"), str(ROOT / "pipelines")],
         signature=signature,
         input_example=noise,
-        pip_requirements=pip_requirements(),
+        pip_requirements=serving_requirements(),
         registered_model_name=registered_name,
     )
     return info.model_uri

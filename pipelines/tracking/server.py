@@ -21,7 +21,7 @@ from pipelines.config import MlflowConfig, output_path
 from pipelines.errors import ServiceError
 
 # what the MLflow client reads for a server behind auth; Ray workers on other nodes need them too
-CLIENT_ENV = (
+MLFLOW_ENV = (
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
@@ -137,9 +137,3 @@ def setup(cfg: MlflowConfig) -> str:
             )
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
-
-
-def client_env() -> dict[str, str]:
-    """The MLflow client settings of this process (credentials included) that Ray workers on
-    other nodes need to log to the same server: the ones set among ``CLIENT_ENV``."""
-    return {k: os.environ[k] for k in CLIENT_ENV if k in os.environ}

@@ -2,7 +2,7 @@
 split, read one of two ways (``train.loader``).
 
 - ``memory``: each worker reads the whole split (``read_split``) into a torch ``DataLoader``
-  that ``session.prepare`` shards with a ``DistributedSampler`` (a fresh global shuffle each
+  that ``session.shard_loader`` shards with a ``DistributedSampler`` (a fresh global shuffle each
   epoch). The worker holds the whole split: its memory grows with the data set.
 - ``ray_data``: the driver hands ``ray.data.read_parquet`` of the split to the ``TorchTrainer``
   (``train_dataset``, ``data_config``); each worker streams its own shard
@@ -243,12 +243,9 @@ class RayDataBatches:
                 close()
 
 
-def prepare(
-    config: dict[str, Any], session: Session, model: torch.nn.Module, batch_size: int
-) -> tuple[EpochBatches, Any]:
+def open_batches(config: dict[str, Any], session: Session, batch_size: int) -> EpochBatches:
     """The worker's batches of ``batch_size`` rows for ``config["loader"]`` (resolved by the
-    driver, ``choose_loader``; absent: ``memory``), and the model prepared by the session (on
-    its device, in DDP)."""
+    driver, ``choose_loader``; absent: ``memory``)."""
     device = session.device
     if config.get("loader", "memory") == "ray_data":
         get_shard = getattr(session, "dataset_shard", None)
@@ -259,8 +256,7 @@ def prepare(
                 "with pipelines.training.driver.run (it passes the train split to Ray Train)"
             )
         info = split_info(config["train_path"])
-        _, ddp = session.prepare(None, model)
-        batches = RayDataBatches(
+        return RayDataBatches(
             shard,
             tuple(info["shape"]),
             rows=int(info["rows"]),
@@ -270,7 +266,6 @@ def prepare(
             seed=int(config["train"]["seed"]),
             device=device,
         )
-        return batches, ddp
     x, _, _ = read_split(config["train_path"])
     loader = DataLoader(
         TensorDataset(torch.from_numpy(x)),
@@ -279,5 +274,4 @@ def prepare(
         drop_last=len(x) > batch_size,
         pin_memory=device.type == "cuda",  # batches copied to the GPU without a host wait
     )
-    loader, ddp = session.prepare(loader, model)
-    return MemoryBatches(loader), ddp
+    return MemoryBatches(session.shard_loader(loader))

@@ -208,8 +208,8 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             ) from None
         start, history = int(resumed["epoch"]) + 1, list(resumed["history"])
     per_worker = max(1, train_cfg.batch_size // max(world, 1))
-    # the model on its device (and in DDP), the batches from the loader the driver chose
-    batches, ddp = batches_mod.prepare(config, session, model, per_worker)
+    ddp = session.wrap_model(model)  # on its device, in DDP where there are several workers
+    batches = batches_mod.open_batches(config, session, per_worker)  # the driver's loader
     if rank == 0:
         print(f"train loader: {config.get('loader', 'memory')}, {batches.steps} steps/epoch")
     raw = getattr(ddp, "module", ddp)

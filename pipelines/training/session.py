@@ -23,9 +23,13 @@ class Session(Protocol):
     """torch's intra-op threads for this worker (``None``: leave torch's own setting)"""
 
     def latest_state(self) -> dict[str, Any] | None: ...
-    def prepare(self, loader: DataLoader | None, model: torch.nn.Module) -> tuple[Any, Any]:
-        """``(loader, model)`` ready for this worker: the loader sharded (``None``: none to
-        prepare, the data come from a dataset shard), the model on its device (and in DDP)."""
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model on this worker's device, in DDP where there are several workers."""
+        ...
+
+    def shard_loader(self, loader: DataLoader) -> DataLoader:
+        """The loader of the whole split, sharded for this worker (its batches on the
+        device)."""
         ...
 
     def dataset_shard(self, name: str) -> Any | None:
@@ -78,7 +82,8 @@ def worker_threads(assigned_cpus: float, local_workers: int, node_cpus: int | No
 
 
 class RayTrainSession:
-    """Ray Train worker: DDP through ``prepare_*``, checkpoints reported by rank 0."""
+    """Ray Train worker: DDP and sharded loaders through Ray's ``prepare_*``, checkpoints
+    reported by rank 0."""
 
     def __init__(self) -> None:
         import ray.train
@@ -94,12 +99,17 @@ class RayTrainSession:
 
         return checkpoint_state(ray.train.get_checkpoint())
 
-    def prepare(self, loader: DataLoader | None, model: torch.nn.Module) -> tuple[Any, Any]:
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
 
-        if loader is not None:
-            loader = ray.train.torch.prepare_data_loader(loader)
-        return loader, ray.train.torch.prepare_model(model)
+        return ray.train.torch.prepare_model(model)
+
+    def shard_loader(self, loader: DataLoader) -> DataLoader:
+        """A ``DistributedSampler`` (a fresh global shuffle each epoch) and batches moved to the
+        device, by ``ray.train.torch.prepare_data_loader``."""
+        import ray.train.torch
+
+        return ray.train.torch.prepare_data_loader(loader)
 
     def dataset_shard(self, name: str) -> Any | None:
         """``ray.train.get_dataset_shard``: a barrier across the workers the first time."""
@@ -137,8 +147,11 @@ class TuneSession:
 
         return checkpoint_state(tune.get_checkpoint())
 
-    def prepare(self, loader: DataLoader | None, model: torch.nn.Module) -> tuple[Any, Any]:
-        return loader, model.to(self.device)
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def shard_loader(self, loader: DataLoader) -> DataLoader:
+        return loader  # one worker: the whole split
 
     def dataset_shard(self, name: str) -> Any | None:
         return None  # a trial process: no Ray Train datasets; the loop reads into memory
