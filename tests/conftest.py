@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -19,6 +20,30 @@ import pytest
 
 from pipelines import data as data_mod
 from pipelines.config import parse
+
+# Ray Train's controller polls its workers every 2 s by default, so every run ends up to 2 s
+# after its last epoch; the suite's many short runs wait far less with a shorter poll. Set here,
+# it reaches every Ray this test process starts and every stage subprocess it runs.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+
+
+@functools.cache
+def empty_mlflow_db() -> Path:
+    """An MLflow SQLite database with its schema and nothing else, made once per test process:
+    creating the schema costs seconds that every test and stage with a fresh database would
+    pay again; a copy costs nothing."""
+    from mlflow import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="lzr-mlflow-"))
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()  # runs the migrations
+    return folder / "mlflow.db"
+
+
+def fresh_mlflow_db(path: Path) -> str:
+    """A copy of ``empty_mlflow_db`` at ``path``; its tracking URI."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(empty_mlflow_db(), path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +106,10 @@ def in_process_ray(monkeypatch: pytest.MonkeyPatch, module: str, num_cpus: int) 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     tmp = tempfile.mkdtemp(prefix="lzr-", dir="/tmp")  # short: Ray's socket paths
     monkeypatch.setenv("RAY_TMPDIR", tmp)
-    ray_runtime.init(num_cpus=num_cpus, dashboard=False)  # no State API needed: Ray ends here
+    # the dashboard (its State API) on, as in production: Ray Train's placement-group cleaner
+    # asks it whether the controller lives; without one of its own it may ask another Ray's
+    # (tests run two at a time), not find the controller there and remove the live workers' group
+    ray_runtime.init(num_cpus=num_cpus, dashboard=True)
     ray.cloudpickle.register_pickle_by_value(sys.modules[module])
     try:
         yield

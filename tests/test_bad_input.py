@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from conftest import fresh_mlflow_db
 from PIL import Image
 
 from lincore import CouplingFlow, Dense, Idempotent, Linearizer, filters
@@ -373,7 +374,7 @@ def test_bad_cli_input_exits_2_with_one_clear_line(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     if case != "unreachable MLflow":  # never touch the project's own mlflow.db
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_mlflow_db(tmp_path / "mlflow.db"))
     args = argv(tmp_path, moons)
     with pytest.raises(SystemExit) as exit_:
         cli(main)(args)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import fresh_mlflow_db
 from test_faults import FakeSession, moons_config
 from test_pipeline_e2e import BIN, clean_env, copy_project
 
@@ -34,7 +35,7 @@ def store(tmp_path) -> tuple[Any, str, str]:
     """``(client, tracking URI, experiment id)`` of an empty SQLite store in ``tmp_path``."""
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_mlflow_db(tmp_path / "mlflow.db")
     client = MlflowClient(uri)
     exp = client.create_experiment("live", artifact_location=(tmp_path / "art").as_uri())
     return client, uri, exp

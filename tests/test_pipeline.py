@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import fresh_mlflow_db
 
 from lincore.generators import OneStepFlowMatching
 from pipelines import data, tracking
@@ -227,7 +228,7 @@ def test_stage_errors_exit_2_with_one_line_and_no_traceback(tmp_path):
         env={"RAY_ADDRESS": "127.0.0.1:9"},
     )
     assert r.returncode == 2 and "prepared data" in r.stderr and "Traceback" not in r.stderr
-    db = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    db = {"MLFLOW_TRACKING_URI": fresh_mlflow_db(tmp_path / "m.db")}
     r = run_stage(
         "pipelines.commands.cli",
         "sample",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import fresh_mlflow_db
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -48,6 +49,7 @@ def copy_project(dest: Path) -> None:
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dest / f)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    fresh_mlflow_db(dest / "mlflow.db")  # params.yaml's default tracking URI, schema made once
 
 
 def clean_env(**extra: str) -> dict[str, str]:

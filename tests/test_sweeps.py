@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import stop_group, wait_for_job_agent
+from conftest import fresh_mlflow_db, stop_group, wait_for_job_agent
 from test_pipeline_e2e import BIN, clean_env, copy_project, sh
 
 from pipelines.commands.cluster_check import listeners, non_loopback
@@ -127,7 +127,7 @@ def test_a_registry_name_bound_to_another_model_is_refused(tmp_path):
     import mlflow
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    mlflow.set_tracking_uri(fresh_mlflow_db(tmp_path / "m.db"))
     try:
         MlflowClient().create_registered_model("someone-elses")
         with pytest.raises(ConfigError, match="'someone-elses' is already bound to another"):
@@ -148,7 +148,7 @@ def test_every_orphaned_attempt_of_a_trial_is_marked_killed(tmp_path):
 
     from sweeps.mlflow_runs import child_runs, close_orphans
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    mlflow.set_tracking_uri(fresh_mlflow_db(tmp_path / "m.db"))
     try:
         client = MlflowClient()
         exp = client.create_experiment("e")
@@ -304,7 +304,7 @@ def test_a_worse_candidate_does_not_move_the_champion(tmp_path):
     from pipelines.config import parse
     from pipelines.model.sampler import OneStepSampler
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    mlflow.set_tracking_uri(fresh_mlflow_db(tmp_path / "m.db"))
     try:
         mlflow.set_experiment("e")
         cfg = parse({"evaluate": {"steps": 10}, "sweep": {"registry_name": "guarded"}})
@@ -421,7 +421,7 @@ def test_the_dataset_input_carries_the_dvc_md5_and_a_profile(moons, tmp_path, mo
     (root / "dvc.lock").write_text(yaml.safe_dump(lock))
     assert dataset.dvc_lock_md5(folder) == digest
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    client = MlflowClient(fresh_mlflow_db(tmp_path / "m.db"))
     run_id = client.create_run(client.create_experiment("e")).info.run_id
     tracking.log_dataset(client, run_id, folder, name="moons")
     (logged,) = client.get_run(run_id).inputs.dataset_inputs
@@ -461,7 +461,7 @@ def test_the_experiment_is_marked_for_model_development(tmp_path):
     from pipelines import tracking
     from pipelines.config import MlflowConfig
 
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = fresh_mlflow_db(tmp_path / "m.db")
     try:
         exp_id = tracking.setup(MlflowConfig(tracking_uri=uri, artifact_location=str(tmp_path)))
         tags = MlflowClient(uri).get_experiment(exp_id).tags
@@ -491,7 +491,7 @@ def test_child_runs_carry_the_whole_config_the_dataset_and_their_trial_id(moons,
     from sweeps import trial as trial_mod
     from sweeps.mlflow_runs import TRIAL_TAG, attempt_logger, child_runs
 
-    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    uri = fresh_mlflow_db(tmp_path / "m.db")
     cfg = parse({"data": {"name": "moons"}, "sweep": {"max_epochs": 3, "workers_per_trial": 0}})
     client = MlflowClient(uri)
     try:
