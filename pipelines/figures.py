@@ -80,6 +80,30 @@ def interpolation(path: np.ndarray, title: str = "") -> Figure:
     return fig
 
 
+def labelled_rows(
+    rows: np.ndarray, *, row_labels: list[str], col_labels: list[str], title: str = ""
+) -> Figure:
+    """``(R, C, ...)`` samples as a grid with its labels where they are: one row per row label,
+    one column per column label. 2-D points are drawn as a path per row instead."""
+    r, c = rows.shape[:2]
+    if rows.ndim == 3 and rows.shape[2] == 2:
+        return interpolation(rows.transpose(1, 0, 2), title=title)
+    flat = rows.reshape(r * c, *rows.shape[2:])
+    imgs = np.clip(flat.reshape(len(flat), *_image_shape(flat)), 0, 1)
+    h, w = imgs.shape[2:]
+    fig, ax = plt.subplots(figsize=(c * 0.7 + 1.4, r * 0.7 + 0.8))
+    ax.imshow(_tile(imgs, c), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([1 + j * (w + 1) + (w - 1) / 2 for j in range(c)], col_labels, fontsize=7)
+    ax.set_yticks([1 + i * (h + 1) + (h - 1) / 2 for i in range(r)], row_labels, fontsize=7)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def curves(
     x: list[float],
     ys: dict[str, list[float]],
@@ -105,6 +129,14 @@ def _finish(fig: Figure, ax: plt.Axes, xlabel: str, ylabel: str, title: str) -> 
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+def note(text: str) -> Figure:
+    """A figure that says why there is no picture (a DVC plot must exist on every run)."""
+    fig, ax = plt.subplots(figsize=(5, 1))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, wrap=True)
+    ax.axis("off")
     return fig
 
 

@@ -26,6 +26,16 @@ from pipelines.config import parse
 # it reaches every Ray this test process starts and every stage subprocess it runs.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
+# The suite runs two tests at a time (pytest-xdist) on as many cores: torch's intra-op threads,
+# as many as the cores by default in every process, would make each test fight the other for
+# them. One thread per test process and per stage it starts (OMP_NUM_THREADS); Ray Train
+# workers and Tune trials still set their own count from the CPUs Ray gives them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
 
 @functools.cache
 def empty_mlflow_db() -> Path:

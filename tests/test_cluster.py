@@ -85,11 +85,12 @@ def make_project(
     workers: int = 1,
     train: str = "",
     data: str = "name: moons, n_samples: 600",
+    mlflow_db: bool = True,
 ) -> Path:
     proj = tmp_path / "proj"
     proj.mkdir(exist_ok=True)
     if not (proj / "pyproject.toml").exists():
-        copy_project(proj)
+        copy_project(proj, mlflow_db=mlflow_db)
     params = PARAMS.format(data=data, epochs=epochs, workers=workers, train=train and f", {train}")
     (proj / "params.yaml").write_text(params)
     return proj
@@ -224,7 +225,7 @@ def test_a_tracking_server_keeps_the_artifacts_and_the_client_project_none(tmp_p
     try:
         uri = f"http://127.0.0.1:{port}"
         wait_http(f"{uri}/health")
-        proj = make_project(tmp_path, train="image_every: 0")
+        proj = make_project(tmp_path, train="image_every: 0", mlflow_db=False)
         ok(run(["pipelines.stages.train", "--data", str(moons)], proj, MLFLOW_TRACKING_URI=uri))
         summary = json.loads((proj / "models/summary.json").read_text())
         assert summary["tracking_uri"] == uri

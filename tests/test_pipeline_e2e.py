@@ -36,7 +36,10 @@ sweep:
 """
 
 
-def copy_project(dest: Path) -> None:
+def copy_project(dest: Path, *, mlflow_db: bool = True) -> None:
+    """The project's files (git's view: tracked and unignored) in ``dest``, a git repository of
+    its own; with ``mlflow_db``, an empty MLflow database where params.yaml's default tracking
+    URI points (its schema made once per test process, not once per stage)."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -49,7 +52,8 @@ def copy_project(dest: Path) -> None:
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dest / f)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    fresh_mlflow_db(dest / "mlflow.db")  # params.yaml's default tracking URI, schema made once
+    if mlflow_db:
+        fresh_mlflow_db(dest / "mlflow.db")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -87,8 +91,14 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert metrics["psnr_one_vs_multi_euler"] >= 100 and metrics["psnr_one_vs_multi_rk4"] >= 100
     shown = sh([str(BIN / "dvc"), "metrics", "show", "--json"], proj).stdout
     assert "psnr_one_vs_multi_euler" in shown
-    for png in ("loss.png", "samples.png", "interpolation.png", "steps.png"):
+    pngs = ("loss.png", "samples.png", "interpolation.png", "steps.png", "directions.png")
+    for png in (*pngs, "rank_k.png"):
         assert (proj / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    # the generator's principal directions: its spectrum as a DVC plot, their effect as metrics
+    spectrum = (proj / "plots/spectrum.csv").read_text().splitlines()
+    assert spectrum[0] == "direction,singular_value" and len(spectrum) == 1 + 2  # D = 2
+    assert 1 <= metrics["directions_effective_rank"] <= 2
+    assert metrics["directions_pixel_ratio_1"] > 0
 
     # the MLflow run, read back through the client
     import mlflow
@@ -104,7 +114,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2]
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
-    assert "evaluate/samples.png" in names
+    assert {"evaluate/samples.png", "evaluate/directions.png"} <= names
     mlflow.set_tracking_uri(summary["tracking_uri"])
     loaded = mlflow.pyfunc.load_model(summary["mlflow_model_uri"])
     from pipelines.model.sampler import OneStepSampler

@@ -2,6 +2,8 @@
 
 linearizer sample --model <MLflow model URI | path to model.pt> --n 64 --out grid.png
                   [--device auto|cpu|cuda]   # auto: the GPU when there is one
+linearizer directions --model <MLflow model URI | path to model.pt> --k 8 --out directions.png
+                  # one sample moved along each of the top k principal directions of B
 linearizer cluster-check     # what the local Ray listens on; exit 1 unless all on loopback
 """
 
@@ -58,22 +60,64 @@ def sample(args: argparse.Namespace) -> Path:
     return out
 
 
+def directions(args: argparse.Namespace) -> Path:
+    """The strip figure of ``evaluation.directions`` for a trained model, and its spectrum."""
+    if args.k < 1:
+        raise ConfigError(f"--k must be >= 1, got {args.k}")
+    from pipelines.evaluation import directions as dirs
+    from pipelines.evaluation import report
+    from pipelines.model.sampler import parse_device
+
+    device = parse_device(args.device)  # checked before any model is loaded
+    sampler = load_sampler(args.model, args.steps, device)
+    model, b = sampler.model, sampler.collapsed
+    try:
+        svd = dirs.decompose(b, model.dim)
+    except dirs.NoDirections as err:
+        raise ConfigError(f"{args.model}: {err}") from None
+    if args.k > svd.k:
+        raise ConfigError(
+            f"--k {args.k} is more than the {svd.k} learned directions of this model's sampler "
+            f"(the other {svd.dim - svd.k} share the floor {svd.floor:.3g}); use --k 1..{svd.k}"
+        )
+    strips = dirs.edit_strips(model, b, svd, k=args.k, seed=args.seed).cpu().numpy()
+    out = Path(args.out)
+    figures.save_png(report.directions_figure(strips, svd.S[: args.k].cpu().numpy()), out)
+    values = ", ".join(f"{s:.4g}" for s in svd.S[: args.k].tolist())
+    print(
+        f"singular values of B (top {args.k}): {values}; floor {svd.floor:.4g} on the other "
+        f"{svd.dim - svd.k} directions; effective rank {svd.effective_rank():.1f} of {svd.dim}\n"
+        f"wrote the top {args.k} directions to {out}"
+    )
+    return out
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="MLflow model URI or path to model.pt")
+    p.add_argument("--steps", type=int, default=100, help="sampler steps collapsed (local file)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where to run: auto (the GPU when there is one), cpu, cuda, cuda:1, ...",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="linearizer", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sample", help="draw one-step samples from a trained model")
-    s.add_argument("--model", required=True, help="MLflow model URI or path to model.pt")
+    _add_model_args(s)
     s.add_argument("--n", type=int, default=64)
     s.add_argument("--out", default="grid.png")
-    s.add_argument("--steps", type=int, default=100, help="sampler steps collapsed (local file)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument(
-        "--device",
-        default="auto",
-        help="where to sample: auto (the GPU when there is one), cpu, cuda, cuda:1, ...",
+    d = sub.add_parser(
+        "directions", help="draw a sample moved along the principal directions of its sampler"
     )
+    _add_model_args(d)
+    d.add_argument("--k", type=int, default=8, help="how many directions (the strongest first)")
+    d.add_argument("--out", default="directions.png")
     c = sub.add_parser(
         "cluster-check",
         help="list what the local Ray listens on; exit 1 if "
@@ -85,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.command == "sample":
         sample(args)
+    elif args.command == "directions":
+        directions(args)
     elif args.command == "cluster-check" and (code := cluster_check.check(args)):
         raise SystemExit(code)
 

@@ -26,7 +26,7 @@ def draw(
     samples = images["samples"]
     shown = samples[:grid] if samples.ndim > 2 else samples
     rows = metrics_rows
-    return {
+    figs = {
         "samples.png": figures.samples(shown, reference=points, title="one-step samples"),
         "interpolation.png": figures.interpolation(
             images["interpolation"], title="interpolation through the noise (one step each)"
@@ -40,6 +40,42 @@ def draw(
             title="the collapse is exact at every T",
         ),
     }
+    return figs | direction_figures(images)
+
+
+def direction_figures(images: dict[str, Any]) -> dict[str, Any]:
+    """The principal directions' pictures (``evaluation.directions``), when the evaluation has
+    them: a strip per direction and the rank-``k`` generators."""
+    if "directions" not in images:  # a dense B too large to decompose: say so, in both files
+        why = "no principal directions: the collapsed sampler is dense (its SVD costs D^3)"
+        return {name: figures.note(why) for name in ("directions.png", "rank_k.png")}
+    return {
+        "directions.png": directions_figure(images["directions"], images["direction_values"]),
+        "rank_k.png": rank_k_figure(images["rank_k"], images["rank_ks"]),
+    }
+
+
+def directions_figure(strips: np.ndarray, values: np.ndarray) -> Any:
+    """A row per principal direction ``v_i`` (its singular value in the label), a column per
+    move of the noise along it."""
+    from pipelines.evaluation.directions import AMOUNTS
+
+    return figures.labelled_rows(
+        strips,
+        row_labels=[f"v{i + 1} (s={s:.3g})" for i, s in enumerate(values)],
+        col_labels=[f"{a:+g}" for a in AMOUNTS],
+        title="one sample moved along each principal direction of B (noise std units)",
+    )
+
+
+def rank_k_figure(samples: np.ndarray, ks: np.ndarray) -> Any:
+    """A row per rank ``k`` (the last is the full generator), a column per noise."""
+    return figures.labelled_rows(
+        samples,
+        row_labels=[f"k={k}" for k in ks],
+        col_labels=[f"#{j + 1}" for j in range(samples.shape[1])],
+        title="the same noise through the rank-k generator (top k directions kept)",
+    )
 
 
 def log_to_run(
@@ -70,13 +106,15 @@ def write_outputs(
     *,
     metrics_path: Path,
     plots: Path,
+    spectrum: list[dict] | None = None,
 ) -> dict[str, float | str]:
-    """The figures as PNGs and ``steps.csv`` under ``plots``, and ``metrics.json`` (a value
-    JSON cannot hold, such as nan, as its text), each written atomically; returns what
-    ``metrics.json`` holds."""
+    """The figures as PNGs, ``steps.csv`` and ``spectrum.csv`` (the collapsed sampler's singular
+    values, when there are any) under ``plots``, and ``metrics.json`` (a value JSON cannot hold,
+    such as nan, as its text), each written atomically; returns what ``metrics.json`` holds."""
     for name, fig in figs.items():
         figures.save_png(fig, plots / name)
     write_csv(plots / "steps.csv", rows, list(rows[0]))
+    write_csv(plots / "spectrum.csv", spectrum or [], ["direction", "singular_value"])
     out = {k: (v if math.isfinite(v) else str(v)) for k, v in metrics.items()}
     write_json(metrics_path, out)
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from lincore.metrics import (
 )
 from lincore.sampling import CollapsedSampler
 from pipelines.data import iter_rows, split_info
+from pipelines.evaluation import directions
 from pipelines.evaluation.quality import sample_quality
 from pipelines.model.sampler import default_device
 
@@ -130,15 +132,46 @@ def evaluate(
         "samples_outside_range": outside_fraction(samples, lo, hi, batch_size),
         "interpolation_outside_range": outside_fraction(mid, lo, hi, batch_size),
     }
-    metrics |= classifier_frechet(train, labels, samples, mid, xt, batch_size=batch_size)
+    clf = None
+    if (labels >= 0).all() and len(np.unique(labels)) > 1:  # labelled: a feature classifier
+        clf = fit_classifier(torch.from_numpy(train), torch.from_numpy(labels), steps=800)
+        metrics |= classifier_frechet(clf, samples, mid, xt, batch_size=batch_size)
     metrics |= throughput(model, head, steps, be)
+    extra = principal_directions(model, be, clf)
     for r in rows:  # the one-step samples at each T against the whole reference
         r["mmd_one_step"] = mmd(r.pop("one").float(), xt, hs, block=batch_size)
 
     alphas = torch.linspace(0, 1, 9)
     path = model.interpolate(xt[:4], xt[4:8], alphas, be)
     images = {"samples": samples.cpu().numpy(), "interpolation": path.cpu().numpy()}
-    return metrics, rows, images
+    metrics |= extra.pop("metrics", {})
+    return metrics, rows, images | extra
+
+
+def principal_directions(
+    model: torch.nn.Module, be: CollapsedSampler, clf: Any | None
+) -> dict[str, Any]:
+    """The generator's principal directions (``directions``): their effect on samples (in the
+    classifier's features when there is one) as ``metrics``, the edit strips, the rank-``k``
+    samples and the spectrum; nothing for a dense ``B`` too large to decompose."""
+    try:
+        svd = directions.decompose(be, model.dim)
+    except directions.NoDirections:
+        return {}
+    ref = next(model.parameters())
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        return clf.features(x.cpu().float()).to(ref.device)
+
+    ks, rank_k = directions.rank_k_samples(model, be, svd)
+    return {
+        "metrics": directions.direction_effects(model, be, svd, features if clf else None),
+        "directions": directions.edit_strips(model, be, svd).cpu().numpy(),
+        "direction_values": svd.S[: directions.TOP].cpu().numpy(),
+        "rank_k": rank_k.cpu().numpy(),
+        "rank_ks": np.array(ks),
+        "spectrum": directions.spectrum_rows(svd),
+    }
 
 
 def exactness(
@@ -221,19 +254,10 @@ def outside_fraction(v: torch.Tensor, lo: float, hi: float, batch_size: int) -> 
 
 
 def classifier_frechet(
-    train: np.ndarray,
-    labels: np.ndarray,
-    samples: torch.Tensor,
-    mid: torch.Tensor,
-    xt: torch.Tensor,
-    *,
-    batch_size: int,
+    clf: Any, samples: torch.Tensor, mid: torch.Tensor, xt: torch.Tensor, *, batch_size: int
 ) -> dict[str, float]:
     """Fréchet distances of the samples' and the midpoints' features from the reference's, in
-    a small classifier trained on the labelled training rows (none without two labels)."""
-    if not ((labels >= 0).all() and len(np.unique(labels)) > 1):
-        return {}
-    clf = fit_classifier(torch.from_numpy(train), torch.from_numpy(labels), steps=800)
+    the features of a classifier trained on the labelled training rows."""
     feats = {k: RunningMoments() for k in ("s", "m", "r")}
     for k, v in (("s", samples), ("m", mid), ("r", xt)):
         for s in _spans(len(v), batch_size):

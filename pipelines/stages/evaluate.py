@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     points = read_head(test_path, 2000)[0] if vectors else None  # the scatter's data
     figs = report.draw(rows, images, grid=e.grid, points=points)
     report.log_to_run(cfg.mlflow, summary["mlflow_run_id"], metrics, rows, figs)
-    out = report.write_outputs(metrics, rows, figs, metrics_path=metrics_path, plots=plots)
+    out = report.write_outputs(
+        metrics, rows, figs, metrics_path=metrics_path, plots=plots, spectrum=images.get("spectrum")
+    )
     report.print_summary(out)
     print(
         f"\nresults: {metrics_path} (dvc metrics show), {plots}/*.png "
