@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipelines import data
 from pipelines.config import DataConfig
-from pipelines.data import parquet
+from pipelines.data import parquet, preparing
 from pipelines.data.sources import dequantise, noise_block_rows
 from pipelines.data.sources.images import file_order
 from pipelines.stages import prepare
@@ -236,7 +236,7 @@ def test_the_same_seed_gives_the_same_bytes_whatever_the_chunk(tmp_path, monkeyp
     levels = RNG.integers(0, 256, (50, 10, 10))
     images = write_idx(tmp_path / "m", "train", levels, RNG.integers(0, 10, 50), gz=True)
     a = run_prepare(tmp_path, "a", path=str(images), seed=5)
-    monkeypatch.setattr(prepare, "CHUNK_BYTES", 7 * 400)  # 7 images a chunk
+    monkeypatch.setattr(preparing, "CHUNK_BYTES", 7 * 400)  # 7 images a chunk
     b = run_prepare(tmp_path, "b", path=str(images), seed=5)
     c = run_prepare(tmp_path, "c", path=str(images), seed=6)
     for split in data.SPLITS:
@@ -274,8 +274,8 @@ def test_prepare_streams_an_image_folder_in_bounded_chunks(tmp_path, monkeypatch
         append(self, x, labels)
 
     monkeypatch.setattr(parquet.SplitWriter, "append", spy)
-    monkeypatch.setattr(prepare, "CHUNK_BYTES", 5 * 4 * 3 * 6 * 6)  # 5 images a chunk
-    assert prepare.chunk_rows((3, 6, 6)) == 5
+    monkeypatch.setattr(preparing, "CHUNK_BYTES", 5 * 4 * 3 * 6 * 6)  # 5 images a chunk
+    assert preparing.chunk_rows((3, 6, 6)) == 5
     out = run_prepare(tmp_path, path=str(tmp_path / "imgs"))
     assert len(appended) >= 6 and max(appended) <= 5 and sum(appended) == 30
     rows = sum(len(data.read_split(out / f"{s}.parquet")[0]) for s in data.SPLITS)

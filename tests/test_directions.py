@@ -186,3 +186,11 @@ def test_the_directions_command_exits_2_with_one_line(checkpoint, tmp_path):
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: --k 99 is more than")
+
+
+def test_the_svd_benchmark_agrees_with_the_dense_svd():
+    from benchmarks.directions import main
+
+    (row,) = main(["--dims", "48", "--rank", "3", "--steps", "10"])
+    assert row["D"] == 48 and row["directions"] == 3
+    assert row["max_abs_diff"] < 1e-10 and row["factored_svd_s"] > 0
