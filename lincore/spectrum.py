@@ -1,13 +1,14 @@
 """The singular value decomposition of a collapsed sampler ``B``: the generator's principal
 directions.
 
-The one-step sampler ``x = g^-1(B e; 1)`` is linear from the noise to the induced space of
-``g(.; 1)``, so the SVD ``B = sum_i s_i u_i v_i^T`` says which noise directions ``v_i`` move the
-sample most, and where (``g^-1(u_i; 1)``, scaled by ``s_i``). A factored ``B = beta I + W Y^T``
-is decomposed through its factors in ``O(D k^2)``, never as a dense ``D x D``: with ``Q`` an
-orthonormal basis of the span of ``[W, Y]`` (``k <= 2r`` columns), ``B = Q C Q^T + beta (I - Q Q^T)`` with the
-small core ``C = beta I + Q^T W Y^T Q``; the core's SVD ``C = P S R^T`` gives ``u_i = Q p_i``,
-``v_i = Q r_i``, and every direction orthogonal to ``Q`` keeps the isotropic floor ``|beta|``.
+The one-step sampler ``x = g^-1(B g(e; 0); 1)`` is linear from the induced space of ``g(.; 0)``
+to that of ``g(.; 1)``, so the SVD ``B = sum_i s_i u_i v_i^T`` says which directions ``v_i`` of
+the noise's latent move the sample most, and where (``g^-1(u_i; 1)``, scaled by ``s_i``). A
+factored ``B = beta I + W Y^T`` is decomposed through its factors in ``O(D k^2)``, never as a
+dense ``D x D``: with ``Q`` an orthonormal basis of the span of ``[W, Y]`` (``k <= 2r``
+columns), ``B = Q C Q^T + beta (I - Q Q^T)`` with the small core ``C = beta I + Q^T W Y^T Q``;
+the core's SVD ``C = P S R^T`` gives ``u_i = Q p_i`` and ``v_i = Q r_i``, and every direction
+orthogonal to ``Q`` keeps the isotropic floor ``|beta|``.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def search_setup(cfg: Config) -> tuple[Any, Any, dict[str, Any]]:
     each epoch, at equal epoch counts (``trial.EPOCHS_DONE``), unsmoothed: on digits its spread
     over noise seeds is 0.7-5% of the value (and the seed is the same for every trial), under
     the cosine schedule it moves by under 1.3% over a run's last 5 epochs, and the epoch-1
-    value ranks trials as their last one does (Spearman 0.94-0.97; README, Sweeps)."""
+    value ranks trials as their last one does (Spearman 0.94-0.97; docs/sweeps.md)."""
     import optuna
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator

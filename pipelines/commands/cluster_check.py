@@ -2,7 +2,7 @@
 
 A Ray head runs whatever code reaches its GCS, dashboard or client server, so every one of its
 listening sockets should be on 127.0.0.1 unless the machine sits on a trusted private network
-(README, "Security"). This lists the TCP/UDP listening sockets of every local Ray process (and
+(docs/cluster.md). This lists the TCP/UDP listening sockets of every local Ray process (and
 of its children: workers, agents) and exits 1 naming any that listens elsewhere.
 
 Exit status: 0 all on loopback, 1 something listens outside loopback, 2 no Ray is running.
@@ -197,7 +197,7 @@ def check(args: argparse.Namespace) -> int:
     if not found:
         raise ServiceError(
             "no running Ray process found on this machine (gcs_server, raylet, dashboard, ...); "
-            "start the head first (README, `ray start --head ...`) or pass --pid"
+            "start the head first (docs/cluster.md, `ray start --head ...`) or pass --pid"
         )
     print(table(found))
     exposed = non_loopback(found)
@@ -211,7 +211,8 @@ def check(args: argparse.Namespace) -> int:
         )
     print(
         f"{len(exposed)} of {len(found)} listening sockets can be reached from other machines; "
-        "restart the head with the README's loopback recipe (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
+        "restart the head with the loopback recipe of docs/cluster.md "
+        "(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 "
         "ray start --head --node-ip-address=127.0.0.1 ...), or keep a multi-node cluster on a "
         "firewalled private network",
         file=sys.stderr,
