@@ -189,10 +189,27 @@ def generated_roots() -> set[str]:
     return {p.split("/")[0] for p in generated() if "*" not in p}
 
 
+@cache
+def in_repository() -> frozenset[str]:
+    """The files git tracks and the folders that hold them: what a fresh clone has (a run's
+    outputs lying in this working tree do not count, or the check would pass here and fail in
+    CI)."""
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    folders = {"/".join(f.split("/")[:i]) for f in files for i in range(1, f.count("/") + 1)}
+    return frozenset(files) | frozenset(folders) | {".git"}
+
+
 def path_exists(word: str) -> bool:
-    if (ROOT / word).exists() or word.startswith(USER_DATA):
+    word = word.rstrip("/")
+    if word in in_repository() or word.startswith(USER_DATA):
         return True
-    return any(word == g or word.startswith(g + "/") for g in generated() if "*" not in g)
+    return any(
+        word == g or word.startswith(g + "/") or g.startswith(word + "/")
+        for g in generated()
+        if "*" not in g
+    )
 
 
 def missing_paths(text: str) -> list[str]:

@@ -96,8 +96,8 @@ def score(
 
 
 def picture(p: ProjectiveGenerator, test: torch.Tensor, samples: torch.Tensor, title: str):  # noqa: ANN201
-    """2-D: inputs joined to their projections over the data. Images: rows of noise, f(noise),
-    held-out data and f(data)."""
+    """2-D: inputs joined to their projections over the data. Images: one labelled row each of
+    noise, f(noise), held-out data and f(data), the columns lined up."""
     with torch.no_grad():
         if test.dim() == 2 and test.shape[1] == 2:
             noise = p.noise(200, generator=torch.Generator().manual_seed(2))
@@ -107,7 +107,12 @@ def picture(p: ProjectiveGenerator, test: torch.Tensor, samples: torch.Tensor, t
             )
         noise = p.noise(8, generator=torch.Generator().manual_seed(2))
         rows = [noise.clamp(0, 1), p.project(noise), test[:8], p.project(test[:8])]
-    return figures.samples(torch.cat(rows).numpy(), title=title + "\nnoise / f(noise) / x / f(x)")
+    return figures.labelled_rows(
+        torch.stack(rows).numpy(),
+        row_labels=["noise", "f(noise)", "x (held out)", "f(x)"],
+        col_labels=[f"#{j + 1}" for j in range(len(rows[0]))],
+        title=title + "\nf projects onto the data: f(noise) should be samples, f(x) close to x",
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

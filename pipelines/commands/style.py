@@ -169,21 +169,30 @@ def main(argv: list[str] | None = None) -> dict:
 
     names = [*args.styles, new]
     with torch.no_grad():
-        sample = held[:: max(1, len(held) // 6)][:6]
+        # the most textured held-out examples (every other one of the top 12 by pixel spread,
+        # so that half-overlapping patches do not repeat): a flat patch of sky shows no style
+        textured = held.flatten(1).std(1).argsort(descending=True)[:12:2]
+        sample = held[textured]
         grid = [sample] + [model.transfer(sample, i).clamp(0, 1) for i in range(len(names))]
         figures.save_png(
-            figures.samples(torch.cat(grid).numpy(), title="content / " + " / ".join(names)),
+            figures.labelled_rows(
+                torch.stack(grid).numpy(),
+                row_labels=["content", *names],
+                col_labels=[f"#{j + 1}" for j in range(len(sample))],
+                title="each row: the held-out examples in one style (swap A, keep g)",
+            ),
             out / "styles.png",
         )
         for a, b in ((0, 1), (2, 3), (0, k)):
             if max(a, b) < len(names):
                 strip = model.interpolate(sample[:4], a, b, ALPHAS).clamp(0, 1)
-                strip = strip.transpose(0, 1).reshape(-1, *shape)  # one row per content
                 figures.save_png(
-                    figures.samples(
-                        strip.numpy(),
-                        title=f"{names[b]} -> {names[a]}: "
-                        "alpha A_a + (1 - alpha) A_b, alpha = 0 .. 1",
+                    figures.labelled_rows(
+                        strip.transpose(0, 1).numpy(),  # one row per example
+                        row_labels=[f"#{j + 1}" for j in range(strip.shape[1])],
+                        col_labels=[f"{float(al):.2f}" for al in ALPHAS],
+                        title=f"{names[b]} -> {names[a]}: alpha A_a + (1 - alpha) A_b "
+                        "(alpha by column)",
                     ),
                     out / f"interpolation_{names[b]}_to_{names[a]}.png",
                 )
