@@ -1,4 +1,5 @@
-"""``linearizer``: the command-line entry point (``linearizer sample``, ``cluster-check``).
+"""``linearizer``: the command-line entry point (``linearizer sample``, ``directions``,
+``cluster-check``).
 
 linearizer sample --model <MLflow model URI | path to model.pt> --n 64 --out grid.png
                   [--device auto|cpu|cuda]   # auto: the GPU when there is one
