@@ -102,17 +102,13 @@ class CollapsedSampler:
 
     def singular_values(self) -> Tensor:
         """All singular values of ``B``, descending. Factored ``B = beta I + W Y^T`` costs
-        ``O(D k^2)``: with ``Q`` an orthonormal basis of ``[W, Y]``, ``B = beta (I - Q Q^T) +
-        Q (beta I + Q^T W Y^T Q) Q^T``, so they are those of the small core plus ``|beta|``
-        repeated ``D - rank Q`` times. Dense ``B`` costs ``O(D^3)``."""
+        ``O(D k^2)``, through its factors (``lincore.spectrum.sampler_svd``: those of a small
+        core plus ``|beta|`` on the rest); dense ``B`` costs ``O(D^3)``."""
         if not self.factored:
             return torch.linalg.svdvals(self.matrix)
-        m = self.matrix
-        q = torch.linalg.qr(torch.cat([m.W, m.Y], 1)).Q  # orthonormal, spans W and Y
-        core = m.alpha * torch.eye(q.shape[1], dtype=q.dtype, device=q.device)
-        core = core + (q.T @ m.W) @ (m.Y.T @ q)
-        rest = m.alpha.abs().expand(m.dim - q.shape[1])
-        return torch.cat([torch.linalg.svdvals(core), rest]).sort(descending=True).values
+        from lincore.spectrum import sampler_svd  # spectrum builds on this module
+
+        return sampler_svd(self).values()
 
     def condition_number(self) -> float:
         """``s_max / s_min`` of ``B``."""

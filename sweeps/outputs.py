@@ -32,7 +32,7 @@ def columns(cfg: Config) -> list[str]:
         "status",
         "epochs",
         s.metric,
-        *FINAL_METRICS[:-1],
+        *(m for m in FINAL_METRICS if m != "samples_per_s"),  # the quality scores, then size
         "num_params",
         "samples_per_s",
         "pareto",

@@ -233,17 +233,19 @@ def test_a_stage_killed_mid_write_leaves_no_half_written_output_and_reruns(proje
     assert "up to date" in sh([dvc, "status", "prepare"], project, timeout=60).stdout
 
 
+def run_name(log: str) -> str | None:
+    """The Ray run name the train stage printed first (``training <name>: ...``), if yet."""
+    names = (ln.split()[1].rstrip(":") for ln in log.splitlines() if ln.startswith("training "))
+    return next(names, None)
+
+
 def registered_checkpoints(project: Path, log: Path) -> int:
     """The checkpoints Ray Train's controller has registered for the run ``log`` names: what a
     resumed run starts from (``checkpoint_manager_snapshot.json`` in its storage folder)."""
-    names = [
-        ln.split()[1].rstrip(":")
-        for ln in log.read_text().splitlines()
-        if ln.startswith("training ")
-    ]
-    if not names:
+    name = run_name(log.read_text())
+    if name is None:
         return 0
-    snapshot = project / "ray_results" / names[0] / "checkpoint_manager_snapshot.json"
+    snapshot = project / "ray_results" / name / "checkpoint_manager_snapshot.json"
     try:
         return len(json.loads(snapshot.read_text())["checkpoint_results"])
     except (OSError, ValueError, KeyError):  # not written yet, or being written
@@ -277,7 +279,8 @@ def test_a_killed_training_driver_resumes_without_retraining_finished_epochs(pro
         proc.wait()
     done = log.read_text()
     assert f"epoch {epochs}/{epochs}" not in done, "the run ended before the driver was killed"
-    name = next(ln.split()[1].rstrip(":") for ln in done.splitlines() if ln.startswith("training "))
+    name = run_name(done)
+    assert name is not None, done[-3000:]
     resumed = sh(
         [str(BIN / "python"), "-m", "pipelines.stages.train", "--resume", name],
         project,

@@ -15,7 +15,7 @@ from pipelines.config import MlflowConfig
 
 
 def draw(
-    metrics_rows: list[dict],
+    rows: list[dict],
     images: dict[str, np.ndarray],
     *,
     grid: int,
@@ -25,7 +25,6 @@ def draw(
     2-D data), an interpolation strip, and one-step vs multi-step PSNR by steps."""
     samples = images["samples"]
     shown = samples[:grid] if samples.ndim > 2 else samples
-    rows = metrics_rows
     figs = {
         "samples.png": figures.samples(shown, reference=points, title="one-step samples"),
         "interpolation.png": figures.interpolation(

@@ -33,6 +33,7 @@ from lincore.metrics import (
     typicality_from_energies,
 )
 from lincore.sampling import CollapsedSampler
+from lincore.spectrum import SamplerSVD
 from pipelines.data import iter_rows, split_info
 from pipelines.evaluation import directions
 from pipelines.evaluation.quality import sample_quality
@@ -114,7 +115,11 @@ def evaluate(
 
     model.double()  # the exactness checks, inversion and NLL in float64
     be = model.collapse(steps, "euler")
-    metrics, rows = exactness(model, head.double(), steps, be, data_range=hi - lo)
+    try:  # its SVD, once: the conditioning below and the principal directions
+        svd: SamplerSVD | None = directions.decompose(be, model.dim)
+    except directions.NoDirections:  # a dense B too large: nan, and no directions
+        svd = None
+    metrics, rows = exactness(model, head.double(), steps, be, svd, data_range=hi - lo)
     metrics |= inversion(model, x0, xt, be, bins=bins, batch_size=batch_size)
     mid = midpoints(model, torch.from_numpy(train), n, be, batch_size=batch_size)
     model.float()
@@ -137,7 +142,7 @@ def evaluate(
         clf = fit_classifier(torch.from_numpy(train), torch.from_numpy(labels), steps=800)
         metrics |= classifier_frechet(clf, samples, mid, xt, batch_size=batch_size)
     metrics |= throughput(model, head, steps, be)
-    extra = principal_directions(model, be, clf)
+    extra = principal_directions(model, be, svd, clf) if svd is not None else {}
     for r in rows:  # the one-step samples at each T against the whole reference
         r["mmd_one_step"] = mmd(r.pop("one").float(), xt, hs, block=batch_size)
 
@@ -149,15 +154,11 @@ def evaluate(
 
 
 def principal_directions(
-    model: torch.nn.Module, be: CollapsedSampler, clf: Any | None
+    model: torch.nn.Module, be: CollapsedSampler, svd: SamplerSVD, clf: Any | None
 ) -> dict[str, Any]:
-    """The generator's principal directions (``directions``): their effect on samples (in the
-    classifier's features when there is one) as ``metrics``, the edit strips, the rank-``k``
-    samples and the spectrum; nothing for a dense ``B`` too large to decompose."""
-    try:
-        svd = directions.decompose(be, model.dim)
-    except directions.NoDirections:
-        return {}
+    """The generator's principal directions (``directions``, from the SVD ``svd`` of ``be``):
+    their effect on samples (in the classifier's features when there is one) as ``metrics``,
+    the edit strips, the rank-``k`` samples and the spectrum."""
     ref = next(model.parameters())
 
     def features(x: torch.Tensor) -> torch.Tensor:
@@ -179,18 +180,17 @@ def exactness(
     head64: torch.Tensor,
     steps: int,
     be: CollapsedSampler,
+    svd: SamplerSVD | None,
     *,
     data_range: float,
 ) -> tuple[dict[str, float], list[dict]]:
     """The collapse against the multi-step sampler it replaces (Euler and RK4, float64, one
     batch of noise), and the rows by steps (``STEP_GRID``: PSNR, and the one-step samples for
-    their MMD); the collapsed sampler's conditioning."""
+    their MMD); the collapsed sampler's conditioning, from ``svd`` (``None``: nan)."""
     b = {"euler": be, "rk4": model.collapse(steps, "rk4")}
     multi = {k: model.sample(head64, steps, k) for k in b}
     one = {k: model.sample_one_step(head64, b[k]) for k in b}
-    dim = model.dim
-    dense_big = not be.factored and dim > 4096  # O(D^3): skip, report nan
-    singular = torch.full((1,), math.nan) if dense_big else be.singular_values()
+    singular = torch.full((1,), math.nan) if svd is None else svd.values()
     metrics = {
         "psnr_one_vs_multi_euler": psnr(one["euler"], multi["euler"], data_range=data_range),
         "psnr_one_vs_multi_rk4": psnr(one["rk4"], multi["rk4"], data_range=data_range),
