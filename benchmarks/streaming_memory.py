@@ -123,6 +123,7 @@ def measure(
     workers: int = 1,
     model: ModelConfig = TINY_MODEL,
     batch_size: int = 512,
+    recompute: str = "auto",
 ) -> dict[str, Any]:
     """Train ``epochs`` epochs on ``train_path`` with ``train.loader: loader`` (Ray must be
     initialised); rank 0's peak RSS and mean epoch time, with the split's rows and bytes."""
@@ -133,6 +134,7 @@ def measure(
             batch_size=batch_size,
             num_workers=workers,
             loader=loader,
+            recompute=recompute,
             image_every=0,
             storage_path=str(storage),
         ),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lincore.inn import ActNorm, AffineCoupling, Flow, InvertibleConv1x1
+from lincore.inn import ActNorm, AffineCoupling, Flow, InvertibleConv1x1, SplineCoupling
 from lincore.operators.time_isotropic import TimeIsotropicLowRank, TimeOperator
 
 
@@ -20,11 +20,12 @@ def far_from_identity(flow: Flow, *, strength: float = 1.0, seed: int = 0) -> Fl
     ActNorm and the LU mixing layers get random parameters, sized the same way.
     """
     gen = torch.Generator().manual_seed(seed)
-    couplings = [m for m in flow.modules() if isinstance(m, AffineCoupling)]
+    couplings = [m for m in flow.modules() if isinstance(m, (AffineCoupling, SplineCoupling))]
     std = strength / len(couplings) ** 0.5
     with torch.no_grad():
         for m in couplings:
-            last = m.conditioner.net[-1]
+            net = m.conditioner
+            last = net.out if hasattr(net, "out") else net.net[-1]
             fan_in = last.weight[0].numel()
             last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * std / fan_in**0.5)
             last.bias.copy_(torch.randn(last.bias.shape, generator=gen) * std)
@@ -66,8 +67,8 @@ def far_from_zero(op: TimeOperator, *, seed: int = 0) -> TimeOperator:
     return op
 
 
-def relative_deviation(flow: Flow, x: torch.Tensor) -> float:
+def relative_deviation(flow: Flow, x: torch.Tensor, *, cond: float | None = None) -> float:
     """How far ``g`` is from linear: ``‖g(2x) - 2 g(x)‖ / ‖2 g(x)‖`` (0 for a linear map)."""
     with torch.no_grad():
-        z = flow(x)
-        return float((flow(2 * x) - 2 * z).norm() / (2 * z).norm())
+        z = flow(x, cond=cond)
+        return float((flow(2 * x, cond=cond) - 2 * z).norm() / (2 * z).norm())

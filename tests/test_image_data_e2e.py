@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -83,6 +84,8 @@ def test_mnist_idx_recipe_trains_and_evaluates_the_image_flow(tmp_path):
 
     footer = pq.read_metadata(proj / "data/prepared/train.parquet").metadata
     assert json.loads(footer[b"shape"]) == [1, 28, 28] and footer[b"bins"] == b"256"
+    schema = pq.read_schema(proj / "data/prepared/train.parquet")
+    assert schema.field("x").type.value_type == pa.uint8(), "8-bit data is stored as its levels"
     labels = pq.read_table(proj / "data/prepared/train.parquet").column("label").to_numpy()
     assert set(np.unique(labels)) == {0, 1, 2}, "the labels file beside the images was read"
     rows = sum(
@@ -124,7 +127,7 @@ def test_celeba_style_folder_recipe_prepares_centre_crops_and_trains(tmp_path):
     footer = pq.read_metadata(proj / "data/prepared/train.parquet").metadata
     assert json.loads(footer[b"shape"]) == [3, size, size] and footer[b"bins"] == b"256"
     x = pq.read_table(proj / "data/prepared/train.parquet").column("x").to_pylist()
-    first = np.asarray(x[0]).reshape(3, size, size)
+    first = np.asarray(x[0]).reshape(3, size, size) / 256  # uint8 levels
     assert first[0].mean() > 0.6 and first[2].mean() < 0.3, "the centre square, not the margins"
     summary = json.loads((proj / "models/summary.json").read_text())
     assert summary["epochs"] == 1 and np.isfinite(summary["train_loss"])

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from lincore._checks import check_int
-from lincore.inn import Flow
+from lincore.inn import Flow, InvertibleBlock
 from lincore.operators.time_low_rank import sinusoidal_embedding
 
 
@@ -86,11 +86,13 @@ class MaximumLikelihoodFlow(nn.Module):
     the flow-matching objective gives up.
     """
 
-    def __init__(self, g: Flow) -> None:
+    def __init__(self, g: Flow, *, pixels: InvertibleBlock | None = None) -> None:
         super().__init__()
         if g.conditional:
             raise ValueError("MaximumLikelihoodFlow needs an unconditional g (conditional=False)")
         self.g = g
+        self.pixels = pixels
+        """the same fixed data edge as the Linearizer's (``LogitPixels``), or none"""
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -98,17 +100,22 @@ class MaximumLikelihoodFlow(nn.Module):
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact ``log p(x) = log N(g(x); 0, I) + log|det J_g(x)|`` in nats, per sample."""
+        edge = x.new_zeros(x.shape[0])
+        if self.pixels is not None:
+            step = self.pixels.forward_and_log_det(x)
+            x, edge = step.out, step.log_det
         out = self.g.forward_and_log_det(x)
         z = out.out.flatten(1)
-        return -0.5 * (z.pow(2).sum(1) + z.shape[1] * math.log(2 * math.pi)) + out.log_det
+        return -0.5 * (z.pow(2).sum(1) + z.shape[1] * math.log(2 * math.pi)) + out.log_det + edge
 
     def forward(self, x1: Tensor) -> dict[str, Tensor]:
         return {"loss": -self.log_prob(x1).mean() / self.g.dim}
 
     @torch.no_grad()
     def sample(self, x0: Tensor) -> Tensor:
-        return self.g.inverse(x0)
+        x = self.g.inverse(x0)
+        return x if self.pixels is None else self.pixels.inverse(x)
 
     @torch.no_grad()
     def invert(self, x1: Tensor) -> Tensor:
-        return self.g(x1)
+        return self.g(x1 if self.pixels is None else self.pixels(x1))

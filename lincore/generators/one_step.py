@@ -20,8 +20,24 @@ from torch import Tensor, nn
 
 from lincore._checks import check_int, check_tensor
 from lincore.generators.interpolation import slerp
-from lincore.generators.one_step_config import LossWeights, OneStepConfig, max_rank
-from lincore.inn import CouplingFlow, Flow, ImageFlow, Reshaped
+from lincore.generators.one_step_config import (
+    COUPLINGS,
+    FLOWS,
+    PIXELS,
+    LossWeights,
+    OneStepConfig,
+    max_rank,
+)
+from lincore.inn import (
+    CouplingFlow,
+    Flow,
+    ImageFlow,
+    InvertibleBlock,
+    LogitPixels,
+    MultiScaleImageFlow,
+    Reshaped,
+    max_levels,
+)
 from lincore.metrics import max_error
 from lincore.operators.time_isotropic import TimeOperator, time_operator
 from lincore.sampling import CollapsedSampler, Method, collapse, sample_latent
@@ -30,9 +46,29 @@ Perceptual = Callable[[Tensor, Tensor], Tensor]
 """``(prediction, target) -> scalar`` loss on data-domain tensors, e.g. an LPIPS network."""
 
 LOG_2PI = math.log(2 * math.pi)
+AUTO_LEVELS = 3
 MAX_DENSE_LIKELIHOOD_DIM = 1024
 """Largest ``D`` for which the rank-only operator may train the one-step likelihood (its
 collapse goes dense, ``D x D`` per step in the autograd graph)."""
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def image_levels(event_shape: tuple[int, ...], levels: int, depth: int) -> int:
+    """Levels of the image flow: ``levels``, or for 0 as many as the shape allows, up to
+    ``AUTO_LEVELS`` (28x28 digits: 2; 64x64 photos: 3) and one coupling each (``depth``)."""
+    if levels:
+        return levels
+    return max(1, min(AUTO_LEVELS, max_levels(*event_shape), depth))
+
+
+def uses_logit_pixels(cfg: OneStepConfig) -> bool:
+    """``pixels: auto`` is the logit transform for the image flow, raw values otherwise."""
+    return cfg.pixels == "logit" or (cfg.pixels == "auto" and cfg.flow == "image")
 
 
 class OneStepFlowMatching(nn.Module):
@@ -50,6 +86,9 @@ class OneStepFlowMatching(nn.Module):
         perceptual: optional extra loss on the two data-domain decodings (added to the pixel MSE),
             for a user-supplied perceptual network; nothing is downloaded here.
         steps: ``T`` of the sampler that the one-step likelihood term collapses.
+        pixels: an optional fixed bijection at the data edge (``LogitPixels``): ``g(.; 1)`` then
+            sees ``pixels(x)``, and every data-domain encoding, decoding and log-determinant goes
+            through it, so samples, inversions and likelihoods stay in pixel space.
     """
 
     def __init__(
@@ -62,6 +101,7 @@ class OneStepFlowMatching(nn.Module):
         weights: LossWeights | None = None,
         perceptual: Perceptual | None = None,
         steps: int = 100,
+        pixels: InvertibleBlock | None = None,
     ) -> None:
         super().__init__()
         if g_data is None and not g.conditional:
@@ -101,6 +141,7 @@ class OneStepFlowMatching(nn.Module):
         self.weights = weights or OneStepConfig().loss_weights()
         self.perceptual = perceptual
         self.steps = check_int("steps", steps, low=2)
+        self.pixels = pixels
 
     @classmethod
     def build(
@@ -126,6 +167,9 @@ class OneStepFlowMatching(nn.Module):
         cfg = dataclasses.replace(cfg or OneStepConfig(), **changes)
         weights = weights or cfg.loss_weights()
         rank, depth, hidden, flow = cfg.rank, cfg.depth, cfg.hidden, cfg.flow
+        check_choice("flow", flow, FLOWS)
+        check_choice("pixels", cfg.pixels, PIXELS)
+        check_choice("coupling", cfg.coupling, COUPLINGS)
         operator, operator_hidden = cfg.operator, cfg.operator_hidden
         two_networks, sigma = cfg.two_networks, cfg.sigma
         dim = math.prod(event_shape)
@@ -135,23 +179,49 @@ class OneStepFlowMatching(nn.Module):
             torch.manual_seed(seed + offset)
             if flow == "coupling":
                 body = CouplingFlow(
-                    dim, depth, hidden, conditional=conditional, seed=seed + 100 * offset
+                    dim,
+                    depth,
+                    hidden,
+                    conditional=conditional,
+                    coupling=cfg.coupling,
+                    seed=seed + 100 * offset,
                 )
                 return body if len(event_shape) == 1 else Reshaped(body, event_shape)
             if flow == "image":
                 if len(event_shape) != 3:
                     raise ValueError(f"flow='image' needs (C, H, W) samples, got {event_shape}")
                 c, h, w = event_shape
-                return ImageFlow(
-                    c, h, w, depth=depth, hidden=hidden, conditional=conditional, seed=seed
+                levels = image_levels(event_shape, cfg.levels, depth)
+                if levels == 1:
+                    return ImageFlow(
+                        c,
+                        h,
+                        w,
+                        depth=depth,
+                        hidden=hidden,
+                        conditional=conditional,
+                        coupling=cfg.coupling,
+                        seed=seed,
+                    )
+                return MultiScaleImageFlow(
+                    c,
+                    h,
+                    w,
+                    levels=levels,
+                    depth=depth,
+                    hidden=hidden,
+                    conditional=conditional,
+                    coupling=cfg.coupling,
+                    seed=seed,
                 )
-            raise ValueError(f"flow must be 'coupling' or 'image', got {flow!r}")
+            raise AssertionError(flow)  # checked above
 
         g = net(not two_networks, 0)
         g_data = net(False, 1) if two_networks else None
         torch.manual_seed(seed + 2)
         op = time_operator(operator, dim, rank, hidden=operator_hidden)
-        return cls(g, op, g_data=g_data, sigma=sigma, weights=weights, steps=steps)
+        pixels = LogitPixels() if uses_logit_pixels(cfg) else None
+        return cls(g, op, g_data=g_data, sigma=sigma, weights=weights, steps=steps, pixels=pixels)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -170,17 +240,28 @@ class OneStepFlowMatching(nn.Module):
     def encode(self, x: Tensor, domain: int) -> Tensor:
         """``g(x; domain)`` flattened to ``(B, D)``; domain 0 = noise, 1 = data."""
         net, cond = self._net(domain)
+        if domain == 1 and self.pixels is not None:
+            x = self.pixels(x)
         return net(x, cond=cond).flatten(1)
 
     def decode(self, z: Tensor, domain: int) -> Tensor:
         """``g^-1(z; domain)`` from ``(B, D)`` latents back to ``(B, *event_shape)``."""
         net, cond = self._net(domain)
-        return net.inverse(z.reshape(-1, *self.event_shape), cond=cond)
+        x = net.inverse(z.reshape(-1, *self.event_shape), cond=cond)
+        if domain == 1 and self.pixels is not None:
+            x = self.pixels.inverse(x)
+        return x
 
     def encode_and_log_det(self, x: Tensor, domain: int) -> tuple[Tensor, Tensor]:
+        """``g(x; domain)`` flattened and ``log|det|`` of the whole data-to-latent map."""
         net, cond = self._net(domain)
+        edge = None
+        if domain == 1 and self.pixels is not None:
+            edge = self.pixels.forward_and_log_det(x)
+            x = edge.out
         out = net.forward_and_log_det(x, cond=cond)
-        return out.out.flatten(1), out.log_det
+        log_det = out.log_det if edge is None else out.log_det + edge.log_det
+        return out.out.flatten(1), log_det
 
     @torch.no_grad()
     def initialize_from(self, x1: Tensor) -> None:
@@ -190,6 +271,8 @@ class OneStepFlowMatching(nn.Module):
         # a private generator: set-up must not shift the global random stream training uses
         gen = torch.Generator(device=x1.device).manual_seed(0)
         noise = torch.randn(x1.shape, generator=gen, dtype=x1.dtype, device=x1.device)
+        if self.pixels is not None:
+            x1 = self.pixels(x1)
         for domain, x in ((1, x1), (0, noise)):
             net, cond = self._net(domain)
             net.initialize_from(x, cond=cond)

@@ -7,6 +7,13 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from lincore.inn.coupling import COUPLINGS as COUPLINGS  # ``coupling``: one source, the blocks'
+
+FLOWS = ("coupling", "image")
+"""``flow``: the kinds of invertible network the standard model builds."""
+PIXELS = ("auto", "raw", "logit")
+"""``pixels``: what the data edge does to the samples before ``g(.; 1)``."""
+
 
 @dataclass(frozen=True)
 class LossWeights:
@@ -62,6 +69,14 @@ class OneStepConfig:
     one-step sampler keeps 1/T of the noise outside rank r)"""
     flow: str = "coupling"
     """coupling (MLP couplings on flattened samples) | image (Glow-style, needs C, H, W)"""
+    coupling: str = "affine"
+    """affine | spline (rational-quadratic, Durkan et al. 2019: sharper shapes per layer)"""
+    levels: int = 0
+    """image flow: scales (each squeezes 2x2 and factors half out; depth steps each); 1 = single
+    scale; 0 = as many as the image allows, up to 3. depth counts couplings over all levels"""
+    pixels: str = "auto"
+    """auto (logit for the image flow, raw otherwise) | raw | logit (RealNVP's logit of the
+    dequantised pixels: samples in range by construction; needs data in [0, 1])"""
     two_networks: bool = False
     sigma: float = 0.3
     w_latent: float = 1.0

@@ -10,7 +10,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,16 @@ class Inverse(InvertibleBlock):
 
 
 class InvertibleSequential(InvertibleBlock):
-    """Blocks in order forward, in reverse order backwards; log-determinants add up."""
+    """Blocks in order forward, in reverse order backwards; log-determinants add up.
+
+    With ``recompute`` on (``set_recompute``) and gradients enabled, each block keeps only its
+    input for the backward pass and recomputes its inner activations there (non-reentrant
+    ``torch.utils.checkpoint``: safe when one loss runs ``g`` several times, and DDP sees every
+    parameter once). The conditioners' hidden activations dominate a step's memory, so memory
+    then hardly grows with depth, for about a third more compute.
+    """
+
+    recompute: bool
 
     def __init__(self, *blocks: InvertibleBlock) -> None:
         super().__init__()
@@ -61,20 +72,42 @@ class InvertibleSequential(InvertibleBlock):
             if not isinstance(b, InvertibleBlock):
                 raise TypeError(f"block {i} must be an InvertibleBlock, got {type(b).__name__}")
         self.blocks = nn.ModuleList(blocks)
+        self.recompute = False
+
+    def _run(self, fn, x: Tensor, cond: Tensor | None):  # noqa: ANN001, ANN202 - a bound method
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(fn, x, cond=cond, use_reentrant=False)
+        return fn(x, cond=cond)
 
     def forward_and_log_det(self, x: Tensor, *, cond: Tensor | None = None) -> FlowOutput:
         log_det = x.new_zeros(x.shape[0])
         for b in self.blocks:
-            step = b.forward_and_log_det(x, cond=cond)
+            step = self._run(b.forward_and_log_det, x, cond)
             x, log_det = step.out, log_det + step.log_det
         return FlowOutput(x, log_det)
 
     def forward(self, x: Tensor, *, cond: Tensor | None = None) -> Tensor:
         for b in self.blocks:
-            x = b(x, cond=cond)
+            x = self._run(b, x, cond)
         return x
 
     def inverse(self, z: Tensor, *, cond: Tensor | None = None) -> Tensor:
         for b in reversed(self.blocks):
-            z = b.inverse(z, cond=cond)
+            z = self._run(b.inverse, z, cond)
         return z
+
+
+def set_recompute(module: nn.Module, on: bool) -> int:
+    """Turn activation recomputation on or off in every ``InvertibleSequential`` of ``module``
+    (a flow, a generator, a DDP-wrapped model); returns how many were set. Changes no weight and
+    no result, only the memory/compute trade of the backward pass. Only innermost sequences
+    recompute: a sequence that holds sequences (a multi-scale level) would recompute twice."""
+    seqs = [
+        m
+        for m in module.modules()
+        if isinstance(m, InvertibleSequential)
+        and not any(isinstance(s, InvertibleSequential) for b in m.blocks for s in b.modules())
+    ]
+    for m in seqs:
+        m.recompute = bool(on)
+    return len(seqs)

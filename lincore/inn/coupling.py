@@ -98,3 +98,30 @@ class AffineCoupling(InvertibleBlock):
         z1, z2 = z[:, : self.split], z[:, self.split :]
         log_s, t = self._scale_shift(z1, cond)
         return torch.cat([z1, (z2 - t) * torch.exp(-log_s)], dim=1)
+
+
+COUPLINGS = ("affine", "spline")
+"""The coupling kinds every flow can be built with (``model.coupling``)."""
+
+
+def coupling_block(
+    kind: str,
+    channels: int,
+    conditioner: type[nn.Module],
+    hidden: int,
+    *,
+    conditional: bool,
+    clamp: float,
+) -> InvertibleBlock:
+    """One coupling of ``kind`` on ``channels``, with a fresh ``conditioner`` sized for it."""
+    from lincore.inn.spline import SPLINE_BINS, SplineCoupling
+
+    half, rest = channels // 2, channels - channels // 2
+    if kind == "affine":
+        net = conditioner(half, 2 * rest, hidden, int(conditional))
+        return AffineCoupling(channels, net, clamp=clamp)
+    if kind == "spline":
+        per = SplineCoupling.params_per_value(SPLINE_BINS)
+        net = conditioner(half, per * rest, hidden, int(conditional))
+        return SplineCoupling(channels, net, bins=SPLINE_BINS)
+    raise ValueError(f"coupling must be one of {', '.join(COUPLINGS)}; got {kind!r}")

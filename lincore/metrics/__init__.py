@@ -5,6 +5,7 @@
   Fréchet).
 - ``running``: accumulators that give those numbers batch by batch, one batch in memory.
 - ``typical_values``: inverted data against ``N(0, I)`` noise, samples against the value range.
+- ``precision_recall``: k-NN precision (samples look real) and recall (they cover the data).
 - ``timing``: median wall time.
 
 Import from here: the modules are where the code lives, this is where the names are.
@@ -12,6 +13,7 @@ Import from here: the modules are where the code lives, this is where the names 
 
 from lincore.metrics._common import _check_pair as _check_pair  # tests match its errors
 from lincore.metrics.fidelity import max_error, psnr, psnr_from_mse, roundtrip_error
+from lincore.metrics.precision_recall import precision_recall
 from lincore.metrics.running import RunningError, RunningMoments
 from lincore.metrics.sample_distances import (
     BANDWIDTH_SCALES,
@@ -53,6 +55,7 @@ __all__ = [
     "outside_count",
     "outside_range",
     "pair_mean",
+    "precision_recall",
     "psnr",
     "psnr_from_mse",
     "roundtrip_error",

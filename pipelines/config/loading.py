@@ -18,12 +18,14 @@ from typing import Any
 
 import yaml
 
+from lincore.generators import COUPLINGS, FLOWS, PIXELS
 from lincore.operators import OPERATOR_KINDS
 from pipelines.config.paths import PARAMS_FILE
 from pipelines.config.schema import (
     DATASETS,
     DISTRIBUTIONS,
     PRECISIONS,
+    RECOMPUTE,
     SECTIONS,
     SWEEP_METRICS,
     TUNABLE_SECTIONS,
@@ -105,7 +107,13 @@ def _validate_data(d: DataConfig) -> None:
 def _validate_model(m: ModelConfig) -> None:
     for key in ("rank", "depth", "hidden", "operator_hidden"):
         _need(getattr(m, key) >= 1, f"model.{key} must be >= 1, got {getattr(m, key)}")
-    _need(m.flow in ("coupling", "image"), f"model.flow must be coupling or image, got {m.flow!r}")
+    _need(m.flow in FLOWS, f"model.flow must be {' or '.join(FLOWS)}, got {m.flow!r}")
+    _need(
+        m.coupling in COUPLINGS,
+        f"model.coupling must be one of {', '.join(COUPLINGS)}, got {m.coupling!r}",
+    )
+    _need(m.levels >= 0, f"model.levels must be >= 0 (0 = auto), got {m.levels}")
+    _need(m.pixels in PIXELS, f"model.pixels must be one of {', '.join(PIXELS)}, got {m.pixels!r}")
     _need(
         m.operator in OPERATOR_KINDS,
         f"model.operator must be one of {', '.join(OPERATOR_KINDS)}, got {m.operator!r}",
@@ -126,6 +134,10 @@ def _validate_train(t: TrainConfig) -> None:
     _need(t.max_roundtrip_error > 0, "train.max_roundtrip_error must be > 0")
     _need(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     _need(t.image_every >= 0, f"train.image_every must be >= 0, got {t.image_every}")
+    _need(
+        t.recompute in RECOMPUTE,
+        f"train.recompute must be one of {', '.join(RECOMPUTE)}, got {t.recompute!r}",
+    )
     _need(
         t.precision in PRECISIONS,
         f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}",

@@ -16,6 +16,8 @@ from pipelines.config.paths import RAW_DATA
 from pipelines.errors import ConfigError
 
 DATASETS = ("digits", "moons", "checkerboard", "eight_gaussians", "spirals", "path")
+RECOMPUTE = ("auto", "on", "off")
+"""``train.recompute``: recompute activations in the backward pass (auto: large image batches)."""
 PRECISIONS = ("fp32", "bf16", "fp16")
 """``train.precision``: the dtype autocast gives the forward pass (fp32: no autocast)."""
 
@@ -81,6 +83,10 @@ class TrainConfig:
     DataLoader shards it) | ray_data (ray.data.read_parquet, each worker streams its shard:
     memory flat in the data set's size, the same code on shared storage) | auto (ray_data for
     a large split, memory for a small one; see pipelines.training.batches)"""
+    recompute: str = "auto"
+    """auto (the image flow, from 2^17 values per worker batch) | on | off: keep only each
+    block's input for the backward pass and recompute the rest there (torch.utils.checkpoint),
+    so a step's memory hardly grows with depth, for about a third more compute"""
     grad_clip: float = 10.0
     """largest global gradient norm per step (torch.nn.utils.clip_grad_norm_, after unscaling
     with fp16); 0 = off. The default digits run's norms peak at 8 (median 1.4), so 10 only

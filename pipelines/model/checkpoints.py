@@ -18,7 +18,7 @@ from pipelines.atomic import atomic_path
 from pipelines.config import ModelConfig
 from pipelines.errors import DataError
 
-LEGACY = {"operator": "low_rank", "w_one_step_likelihood": 0.0}
+LEGACY = {"operator": "low_rank", "w_one_step_likelihood": 0.0, "levels": 1, "pixels": "raw"}
 """Values of the keys that checkpoints written before they existed were trained with."""
 
 

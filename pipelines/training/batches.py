@@ -57,6 +57,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pipelines import storage
 from pipelines.data import read_split, split_info
+from pipelines.data.levels import fresh_dequantise
+from pipelines.data.parquet import stores_levels
 from pipelines.errors import LinearizerError
 
 if TYPE_CHECKING:
@@ -91,12 +93,13 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
 
 
 def split_bytes(path: str | Path) -> int:
-    """The bytes of a split's rows as float32, as ``read_split`` holds them (``rows x prod(shape)
-    x 4``, from the Parquet footer alone; a local path or a URI). Not the file's size: Parquet
+    """The bytes of a split's rows as the ``memory`` loader holds them (``rows x prod(shape)``
+    x 4 for float32, x 1 for ``uint8`` levels; from the Parquet footer alone, a local path or a
+    URI). Not the file's size: Parquet
     compresses (100 copies of digits' 32 MB of floats make a 17.5 MB file), while what the
     ``memory`` loader costs a worker follows the decoded rows."""
     info = split_info(path)
-    return int(info["rows"]) * math.prod(info["shape"]) * 4
+    return int(info["rows"]) * math.prod(info["shape"]) * (1 if stores_levels(info) else 4)
 
 
 def choose_loader(loader: str, train_path: str | Path, num_workers: int) -> str:
@@ -158,17 +161,44 @@ class EpochBatches(Protocol):
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor]]: ...
 
 
-class MemoryBatches:
-    """The whole split in this worker, through a (prepared) ``DataLoader``."""
+class Dequantiser:
+    """8-bit splits (``uint8`` levels) to float32 batches with fresh noise per batch, from a
+    generator seeded per epoch (``epoch_seed``): new noise every epoch, the same for a seed, so a
+    resumed run retraces it. Float32 splits pass through."""
 
-    def __init__(self, loader: Any) -> None:
-        self.loader, self.steps = loader, len(loader)
+    def __init__(self, bins: int, *, seed: int, rank: int, device: torch.device) -> None:
+        self.bins, self.seed, self.rank, self.device = bins, seed, rank, device
+
+    def epoch(self, epoch: int) -> torch.Generator | None:
+        if not self.bins:
+            return None
+        gen = torch.Generator(device=self.device)
+        return gen.manual_seed(epoch_seed(self.seed, self.rank, epoch))
+
+    def __call__(self, xb: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return xb if gen is None else fresh_dequantise(xb, self.bins, gen)
+
+
+def dequantiser(info: dict[str, Any], config: dict[str, Any], session: Session) -> Dequantiser:
+    bins = int(info["bins"]) if stores_levels(info) else 0
+    seed = int(config["train"]["seed"])
+    return Dequantiser(bins, seed=seed, rank=session.rank, device=session.device)
+
+
+class MemoryBatches:
+    """The whole split in this worker, through a (prepared) ``DataLoader``; an 8-bit split is
+    held as its ``uint8`` levels (4x less memory) and dequantised batch by batch."""
+
+    def __init__(self, loader: Any, dequantise: Dequantiser) -> None:
+        self.loader, self.steps, self.dequantise = loader, len(loader), dequantise
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor]]:
         sampler = getattr(self.loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new global shuffle
             sampler.set_epoch(epoch)
-        yield from self.loader
+        gen = self.dequantise.epoch(epoch)
+        for (xb,) in self.loader:
+            yield (self.dequantise(xb.to(self.dequantise.device), gen),)
 
 
 def _arrow_collate() -> Any:
@@ -203,6 +233,7 @@ class RayDataBatches:
         batch_size: int,
         seed: int,
         device: torch.device,
+        dequantise: Dequantiser,
     ) -> None:
         shard_rows = rows // world  # an equal split drops the rest
         if shard_rows == 0:
@@ -210,6 +241,7 @@ class RayDataBatches:
                 f"the train split has {rows} rows, fewer than the {world} workers"
             )
         self.shard, self.rank, self.seed, self.device = shard, rank, seed, device
+        self.dequantise = dequantise
         self.batch = min(batch_size, shard_rows)
         self.steps = shard_rows // self.batch
         row_bytes = 4 * max(1, math.prod(shape))
@@ -228,6 +260,7 @@ class RayDataBatches:
                 pin_memory=self.device.type == "cuda",
             )
         )
+        gen = self.dequantise.epoch(epoch)
         try:
             for step in range(self.steps):
                 xb = next(stream, None)
@@ -236,7 +269,7 @@ class RayDataBatches:
                         f"worker {self.rank}'s shard of the train split ended after {step} of "
                         f"{self.steps} batches in epoch {epoch}"
                     )
-                yield (xb,)
+                yield (self.dequantise(xb, gen),)
         finally:
             close = getattr(stream, "close", None)
             if close is not None:  # ends this shard's epoch now, not when collected
@@ -265,8 +298,9 @@ def open_batches(config: dict[str, Any], session: Session, batch_size: int) -> E
             batch_size=batch_size,
             seed=int(config["train"]["seed"]),
             device=device,
+            dequantise=dequantiser(info, config, session),
         )
-    x, _, _ = read_split(config["train_path"])
+    x, _, info = read_split(config["train_path"], levels=True)
     loader = DataLoader(
         TensorDataset(torch.from_numpy(x)),
         batch_size=batch_size,
@@ -274,4 +308,4 @@ def open_batches(config: dict[str, Any], session: Session, batch_size: int) -> E
         drop_last=len(x) > batch_size,
         pin_memory=device.type == "cuda",  # batches copied to the GPU without a host wait
     )
-    return MemoryBatches(session.shard_loader(loader))
+    return MemoryBatches(session.shard_loader(loader), dequantiser(info, config, session))

@@ -11,6 +11,7 @@ group resumes from the latest checkpoint (``FailureConfig``).
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import sys
 import time
@@ -22,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from lincore import unchecked
 from lincore.generators import OneStepFlowMatching
+from lincore.inn import set_recompute
 from pipelines import tracking
 from pipelines.config import ModelConfig, TrainConfig
 from pipelines.data import read_head
@@ -48,6 +50,21 @@ AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class NumericalFault(RuntimeError):
     """Training produced NaN/inf or a network that is no longer invertible in float32."""
+
+
+RECOMPUTE_FROM = 2**17
+"""``train.recompute: auto`` turns it on for the image flow from this many values per worker's
+batch (``batch x C x H x W``): 3x64x64 from batch 11, 28x28 from batch 168. Below, the stored
+activations fit (under 2 GB) and the third more compute is not worth paying."""
+
+
+def recomputes(recompute: str, flow: str, values_per_batch: int) -> bool:
+    """``train.recompute``: ``auto`` recomputes for the image flow on large batches, whose
+    conditioners' hidden activations make a step's memory (2.8 GB at 3x64x64, batch 16, depth 6
+    without it)."""
+    if recompute != "auto":
+        return recompute == "on"
+    return flow == "image" and values_per_batch >= RECOMPUTE_FROM
 
 
 class MixedPrecision:
@@ -195,6 +212,10 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
     model = OneStepFlowMatching.build(shape, model_cfg, seed=train_cfg.seed, steps=sampler_steps)
     xv_t = torch.from_numpy(xv)
     model.initialize_from(torch.from_numpy(x_init))  # ActNorm; overwritten by a resumed state
+    per_worker = max(1, train_cfg.batch_size // max(world, 1))
+    set_recompute(
+        model, recomputes(train_cfg.recompute, model_cfg.flow, per_worker * math.prod(shape))
+    )
     start, history = 0, []
     resumed = session.latest_state()
     if resumed is not None:
@@ -207,7 +228,6 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
                 "with (model.operator: low_rank, model.w_one_step_likelihood: 0 for old runs)"
             ) from None
         start, history = int(resumed["epoch"]) + 1, list(resumed["history"])
-    per_worker = max(1, train_cfg.batch_size // max(world, 1))
     ddp = session.wrap_model(model)  # on its device, in DDP where there are several workers
     batches = batches_mod.open_batches(config, session, per_worker)  # the driver's loader
     if rank == 0:
