@@ -59,7 +59,10 @@ DEFAULT_WEIGHTS = LossWeights(
 
 
 def build_linearizer(
-    data: Data, operator: str = "isotropic_psd", weights: LossWeights | None = None
+    data: Data,
+    operator: str = "isotropic_psd",
+    weights: LossWeights | None = None,
+    coupling: str = "affine",
 ) -> OneStepFlowMatching:
     """The Linearizer at its benchmark size (small on 2-D toys), seeded: arms start alike."""
     shape = tuple(data.train.shape[1:])
@@ -74,6 +77,7 @@ def build_linearizer(
             operator_hidden=64,
             operator=operator,
             weights=weights,
+            coupling=coupling,
         )
     return OneStepFlowMatching.build(
         shape,
@@ -83,16 +87,17 @@ def build_linearizer(
         operator_hidden=256,
         operator=operator,
         weights=weights,
+        coupling=coupling,
     )
 
 
-def build_flow(data: Data) -> MaximumLikelihoodFlow:
+def build_flow(data: Data, coupling: str = "affine") -> MaximumLikelihoodFlow:
     """The Linearizer's ``g`` (same depth and width, unconditional) as a plain normalizing flow."""
     shape = tuple(data.train.shape[1:])
     dim = math.prod(shape)
     torch.manual_seed(0)
     depth, hidden = (4, 64) if dim == 2 else (8, 256)
-    g = CouplingFlow(dim, depth, hidden)
+    g = CouplingFlow(dim, depth, hidden, coupling=coupling)
     return MaximumLikelihoodFlow(g if len(shape) == 1 else Reshaped(g, shape))
 
 

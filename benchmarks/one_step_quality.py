@@ -24,19 +24,30 @@ from lincore.metrics import median_seconds
 OLD = "linearizer (original rank-only A_t, its own objective)"
 
 
-def run_dataset(name: str, seconds: float, log: Callable[[str], None]) -> list[dict]:
-    """Every model trained for the same wall-clock ``seconds``, then scored on held-out data."""
+SPLINE = "linearizer (spline g)"
+SPLINE_FLOW = "plain flow (spline g, max. likelihood)"
+
+
+def run_dataset(
+    name: str, seconds: float, log: Callable[[str], None], *, spline: bool = True, old: bool = True
+) -> list[dict]:
+    """Every model trained for the same wall-clock ``seconds``, then scored on held-out data.
+    ``spline``: also the Linearizer and the plain flow with rational-quadratic couplings;
+    ``old``: also the original rank-only operator."""
     data = load(name)
     lin = build_linearizer(data)
-    old = build_linearizer(data, "low_rank", LossWeights.paper(data_likelihood=1.0))
     budget = n_params(lin)
     models: dict[str, torch.nn.Module] = {
         "linearizer": lin,
-        OLD: old,
         "plain flow": build_flow(data),
         "flow matching": build_baseline(data, budget),
         "meanflow": build_meanflow(data, budget),
     }
+    if old:
+        models[OLD] = build_linearizer(data, "low_rank", LossWeights.paper(data_likelihood=1.0))
+    if spline:
+        models[SPLINE] = build_linearizer(data, coupling="spline")
+        models[SPLINE_FLOW] = build_flow(data, coupling="spline")
     lr = {"flow matching": 2e-3, "meanflow": 1e-3}
     steps = {}
     for label, model in models.items():
@@ -63,12 +74,40 @@ def run_dataset(name: str, seconds: float, log: Callable[[str], None]) -> list[d
         base_100=base_100,
         lin_steps=steps["linearizer"],
     )
-    rows += linearizer_rows(
-        old, OLD, data, clf, x0, base_100=base_100, lin_steps=steps[OLD], multi_step=False
-    )
+    if old:
+        rows += linearizer_rows(
+            models[OLD],
+            OLD,
+            data,
+            clf,
+            x0,
+            base_100=base_100,
+            lin_steps=steps[OLD],
+            multi_step=False,
+        )
     rows += flow_rows(
         models["plain flow"], data, clf, x0, base_100=base_100, steps=steps["plain flow"]
     )
+    if spline:
+        rows += linearizer_rows(
+            models[SPLINE],
+            SPLINE,
+            data,
+            clf,
+            x0,
+            base_100=base_100,
+            lin_steps=steps[SPLINE],
+            multi_step=False,
+        )
+        rows += flow_rows(
+            models[SPLINE_FLOW],
+            data,
+            clf,
+            x0,
+            base_100=base_100,
+            steps=steps[SPLINE_FLOW],
+            label=SPLINE_FLOW,
+        )
     for k in (1, 10, 100):
         secs = median_seconds(lambda k=k: base.sample(x0, k), 3)
         rows.append(

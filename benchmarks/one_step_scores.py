@@ -144,6 +144,7 @@ def flow_rows(
     *,
     base_100: float,
     steps: int,
+    label: str = "plain flow (same g, max. likelihood)",
 ) -> list[dict]:
     """The row of the plain flow: the likelihood reference the Linearizer's NLL is read against."""
     flow.eval()
@@ -158,7 +159,7 @@ def flow_rows(
     secs = median_seconds(lambda: flow.sample(x0), 9)
     return [
         {
-            "model": "plain flow (same g, max. likelihood)",
+            "model": label,
             "sampler": "1 pass of g^-1",
             **quality(x, data, clf),
             "samples/s": n / secs,

@@ -38,7 +38,7 @@ from sweeps import registry, space
 from sweeps.champion import CHAMPION_METRIC
 from sweeps.mlflow_runs import PARENT_TAG, ROLE_TAG, attempt_logger, close_orphans, find_parent
 from sweeps.results import summarise
-from sweeps.search import check_trial_resources, fit
+from sweeps.search import check_trial_resources, fit, study_storage
 
 SECTIONS = ("data", "model", "train", "evaluate", "mlflow", "sweep")
 """The params.yaml sections the sweep reads: ``data`` only to log it on the parent run, of
@@ -152,7 +152,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             experiment_name=cfg.mlflow.experiment,
             tags={"mlflow.parentRunId": parent_id, PARENT_TAG: name},
         )
-        grid = fit(cfg, sweep_dir, train_path, val_path, callbacks=[logger], resume=args.resume)
+        study = None
+        if s.search == "optuna":
+            study = (study_storage(cfg, out), name)
+            print(f"  Optuna study {name!r}: optuna-dashboard {study[0]}", flush=True)
+        grid = fit(
+            cfg,
+            sweep_dir,
+            train_path,
+            val_path,
+            callbacks=[logger],
+            resume=args.resume,
+            study=study,
+        )
         summary = summarise(
             cfg,
             grid,

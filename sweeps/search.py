@@ -21,6 +21,8 @@ from pipelines.config import Config, SweepConfig
 from pipelines.errors import ConfigError, LinearizerError, ServiceError
 from sweeps import space, trial
 
+STUDY_FILE = "optuna.db"
+"""The sweep's Optuna study, in its results folder unless ``sweep.study_storage`` names one."""
 REDUCTION_FACTOR = 2
 """ASHA keeps the better 1/2 of the trials at each rung (epochs grace, 2 x grace, ...)."""
 
@@ -118,8 +120,23 @@ def check_trial_resources(sweep: SweepConfig, use_gpu: bool, res: dict[str, floa
         )
 
 
-def search_setup(cfg: Config) -> tuple[Any, Any, dict[str, Any]]:
+def study_storage(cfg: Config, out: Path) -> str:
+    """The Optuna storage URL of the sweep's study: ``sweep.study_storage``, or SQLite in the
+    sweep's results folder ``out`` (created)."""
+    if cfg.sweep.study_storage:
+        return cfg.sweep.study_storage
+    out.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(out / STUDY_FILE).resolve()}"
+
+
+def search_setup(
+    cfg: Config, study: tuple[str, str] | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
     """``(search_alg, scheduler, tune_config metric kwargs)`` for the configured objectives.
+
+    ``study``: ``(storage URL, study name)``: the Optuna study lives there, so it outlives the
+    sweep (``optuna-dashboard <URL>`` shows it, ``optuna.load_study`` reads it) and a resumed
+    sweep continues it; ``None`` keeps it in memory.
 
     Single objective: ASHA and the searcher rank trials by ``sweep.metric`` as reported after
     each epoch, at equal epoch counts (``trial.EPOCHS_DONE``), unsmoothed: on digits its spread
@@ -132,6 +149,10 @@ def search_setup(cfg: Config) -> tuple[Any, Any, dict[str, Any]]:
 
     s = cfg.sweep
     pareto = s.objectives == "pareto"
+    persisted: dict[str, Any] = {}
+    if study is not None:
+        url, name = study
+        persisted = {"storage": optuna.storages.RDBStorage(url), "study_name": name}
     if s.search == "random":
         search = BasicVariantGenerator(random_state=s.seed)
     elif pareto:
@@ -139,6 +160,7 @@ def search_setup(cfg: Config) -> tuple[Any, Any, dict[str, Any]]:
             metric=[s.metric, "num_params"],
             mode=["min", "min"],
             sampler=optuna.samplers.NSGAIISampler(seed=s.seed),
+            **persisted,
         )
     else:
         # constant_liar (Optuna 5's default) keeps concurrent trials from asking for one point
@@ -146,7 +168,7 @@ def search_setup(cfg: Config) -> tuple[Any, Any, dict[str, Any]]:
             seed=s.seed, n_startup_trials=startup_trials(s.num_samples), multivariate=True
         )
         search = BudgetOptunaSearch(
-            metric=s.metric, mode="min", sampler=sampler, max_t=s.max_epochs
+            metric=s.metric, mode="min", sampler=sampler, max_t=s.max_epochs, **persisted
         )
     scheduler = None
     if s.scheduler == "asha" and not pareto:  # ASHA ranks by one metric: it would cut the front
@@ -168,6 +190,7 @@ def fit(
     *,
     callbacks: list[Any] | None = None,
     resume: str | None = None,
+    study: tuple[str, str] | None = None,
 ) -> Any:
     """Run (or continue) the Tuner named ``sweep_dir.name``; returns its ``ResultGrid``.
 
@@ -193,7 +216,7 @@ def fit(
     if resume:
         tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_errored=True)
     else:
-        search, scheduler, metric = search_setup(cfg)
+        search, scheduler, metric = search_setup(cfg, study)
         tuner = tune.Tuner(
             trainable,
             param_space=space.tune_space(s.space),

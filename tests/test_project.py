@@ -120,10 +120,11 @@ def test_one_step_benchmark_runs_and_its_collapse_is_exact(capsys):
 
     out = main(["--seconds", "1", "--datasets", "moons", "--collapse-dims", "32"])
     one_step = [r for r in out["quality"] if r["sampler"].startswith("1 step (")]
-    assert len(one_step) == 4  # Euler and RK4 B, for the default and the rank-only operator
+    assert len(one_step) == 6  # Euler and RK4 B: the default, the rank-only operator, splines
     assert all(r["psnr_vs_multi"] >= 100 for r in one_step)  # exact algebra, not a speed target
     models = {r["model"] for r in out["quality"]}
     assert {"MeanFlow (MLP u)", "plain flow (same g, max. likelihood)"} <= models
+    assert {"linearizer (spline g)", "plain flow (spline g, max. likelihood)"} <= models
     default = next(r for r in one_step if "isotropic_psd" in r["model"])
     assert {"nll_bpd", "inv_energy", "inv_shell", "mid_mmd"} <= set(default)
     assert {r["form"] for r in out["collapse"]} == {"shared basis", "factored", "dense"}

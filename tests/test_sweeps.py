@@ -631,6 +631,13 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(project):
     table = pq.read_table(project / "results/sweep/trials.parquet").to_pylist()
     assert len(table) == 3 and {t["status"] for t in table} == {"ok"}
     assert sorted(t["epochs"] for t in table) == sorted(after.values())  # no epoch reported twice
+    import optuna
+
+    study = optuna.load_study(  # the resumed sweep continued the same study, not a new one
+        study_name=name, storage=f"sqlite:///{project / 'results/sweep/optuna.db'}"
+    )
+    assert len({t.number for t in study.trials}) >= 3
+    assert sum(t.state.is_finished() for t in study.trials) >= 3
 
     from mlflow import MlflowClient
 
@@ -822,3 +829,18 @@ def test_a_sweep_runs_trials_at_once_retrains_its_best_and_logs_like_the_train_r
     steps = [m.step for m in client.get_metric_history(retrain.info.run_id, "val_mmd")]
     assert sorted(steps) == [1, 2, 3, 4]
     assert retrain.data.metrics["final_mmd"] == pytest.approx(decision["candidate"]["final_mmd"])
+
+    # the Optuna study outlives the sweep: every trial, finished or pruned, with its values
+    import optuna
+    from optuna.trial import TrialState
+
+    assert "optuna-dashboard sqlite:///" in out
+    study = optuna.load_study(
+        study_name="single", storage=f"sqlite:///{project / 'results/sweep/optuna.db'}"
+    )
+    assert len(study.trials) == 4
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for t in study.trials:
+        assert t.intermediate_values and set(t.intermediate_values) <= {1, 2}
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(t.intermediate_values[2])

@@ -162,6 +162,9 @@ class SweepConfig:
     space: dict[str, Any] = field(default_factory=_default_space)
     """``section.key: {distribution: [values or bounds]}``"""
     registry_name: str = "linearizer-one-step"
+    study_storage: str = ""
+    """Optuna storage of the sweep's study (named after the sweep): "" = SQLite in the sweep's
+    results folder (``optuna.db``); an RDB URL (``postgresql://...``) for a team"""
     seed: int = 0
 
 

@@ -185,7 +185,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # per-report INFO lines drown ours; that module logs under its file path, not "ray.train"
     for name in ("ray.train", train_context.__file__):
         logging.getLogger(name).setLevel(logging.WARNING)
-    fit_epochs(config, RayTrainSession())
+    local = int(config["train"].get("num_workers", 1)) == 0  # Ray Train's local mode
+    fit_epochs(config, RayTrainSession(local_mode=local))
 
 
 def fit_epochs(config: dict[str, Any], session: Session) -> None:

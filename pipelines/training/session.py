@@ -3,7 +3,9 @@ a Ray Tune trial process (in-process sweep trials). The loop sees only ``Session
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from typing import Any, Protocol
 
@@ -85,10 +87,12 @@ class RayTrainSession:
     """Ray Train worker: DDP and sharded loaders through Ray's ``prepare_*``, checkpoints
     reported by rank 0."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, local_mode: bool = False) -> None:
         import ray.train
         import ray.train.torch
 
+        self.local_mode = local_mode
+        self._kept: str | None = None
         ctx = ray.train.get_context()
         self.world, self.rank = ctx.get_world_size(), ctx.get_world_rank()
         self.device = ray.train.torch.get_device()
@@ -123,12 +127,30 @@ class RayTrainSession:
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         import ray.train
 
+        if self.local_mode and state is not None:
+            self._report_local(metrics, state)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if state is not None:
                 save_state(state, tmp)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt)  # every rank reports
+
+    def _report_local(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
+        """Ray Train's local mode (``num_workers: 0``) keeps a reported checkpoint as the path
+        it was given, uncopied: a temporary folder would be gone when the driver reads
+        ``result.checkpoint``. Keep the latest in a folder of its own, removed at exit."""
+        import ray.train
+
+        folder = tempfile.mkdtemp(prefix="lzr-local-ckpt-")
+        save_state(state, folder)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        if self._kept is not None:
+            shutil.rmtree(self._kept, ignore_errors=True)
+        else:
+            atexit.register(lambda: self._kept and shutil.rmtree(self._kept, ignore_errors=True))
+        self._kept = folder
 
 
 class TuneSession:
