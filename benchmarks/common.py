@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import queue as queue_mod
 from collections.abc import Callable
 
 
@@ -15,7 +16,15 @@ def fresh_process(target: Callable[..., None], *args: object) -> dict:
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
     try:
-        return queue.get()
+        while True:
+            try:
+                return queue.get(timeout=5)
+            except queue_mod.Empty:
+                if not proc.is_alive():  # killed (out of memory) or crashed: say so, not hang
+                    raise RuntimeError(
+                        f"the measurement process died (exit code {proc.exitcode}; -9: killed, "
+                        "usually for memory)"
+                    ) from None
     finally:
         proc.join()
 

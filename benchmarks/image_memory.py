@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import fresh_process, table
+from benchmarks.image_scale import MEMORY_SHARE, available_MB, measure_train_step
 from lincore.generators import OneStepConfig, OneStepFlowMatching
 from lincore.inn import set_recompute
 from pipelines.training.loop import recomputes
@@ -47,30 +46,21 @@ def _step_case(
     recompute = "off" if before else "auto"
     on = recomputes(recompute, "image", batch * int(np.prod(shape)))
     set_recompute(model, on)
-    x = torch.rand(batch, *shape)
-    model.initialize_from(x[:16])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds = 0.0
-    for _ in range(2):
-        t0 = time.perf_counter()
-        loss = model(x)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seconds = time.perf_counter() - t0
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start) / 1024
-    queue.put({"peak_MB": peak, "samples_per_s": batch / seconds, "recompute": on})
+    queue.put(measure_train_step(model, shape, batch) | {"recompute": on})
 
 
 def step_table() -> list[dict[str, Any]]:
     rows = []
     for name, shape, batch in CASES:
         for before in (True, False):
-            peaks = {}
+            peaks: dict[int, float] = {}
             for depth in (6, 24):
-                r = fresh_process(_step_case, shape, batch, depth, before)
-                peaks[depth] = r["peak_MB"]
+                need = peaks.get(6, 0.0) * depth / 6  # stored activations grow with depth
+                if need > MEMORY_SHARE * available_MB():
+                    r = {"peak_MB": f"not run: needs about {need / 1024:.0f} GB"}
+                else:
+                    r = fresh_process(_step_case, shape, batch, depth, before)
+                    peaks[depth] = r["peak_MB"]
                 row = {
                     "shape": name,
                     "batch": batch,
@@ -78,7 +68,7 @@ def step_table() -> list[dict[str, Any]]:
                     "depth": depth,
                     **r,
                 }
-                if depth == 24:
+                if depth == 24 and 24 in peaks:
                     row["depth 24 / depth 6"] = peaks[24] / peaks[6]
                 print(row, flush=True)
                 rows.append(row)

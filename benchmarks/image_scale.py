@@ -64,6 +64,13 @@ def _train_step_case(form: str, shape: tuple[int, ...], batch: int, queue: mp.Qu
         dense = DenseTimeLowRank(model.operator.dim, RANK, hidden=128)
         dense.load_state_dict(model.operator.state_dict())
         model.operator = dense
+    queue.put(measure_train_step(model, shape, batch))
+
+
+def measure_train_step(model: OneStepFlowMatching, shape: tuple[int, ...], batch: int) -> dict:
+    """Two training steps (forward, backward, Adam) on a random batch: the second's time, so
+    Adam's state is held, and the peak RSS above the start (``ru_maxrss``: call it in a fresh
+    process, ``benchmarks.common.fresh_process``)."""
     x = torch.rand(batch, *shape)
     model.initialize_from(x[:16])
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -77,7 +84,7 @@ def _train_step_case(form: str, shape: tuple[int, ...], batch: int, queue: mp.Qu
         opt.step()
         seconds = time.perf_counter() - t0  # the second step's
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    queue.put({"peak_MB": peak / 1024, "samples_per_s": batch / seconds, "step_s": seconds})
+    return {"peak_MB": peak / 1024, "samples_per_s": batch / seconds, "step_s": seconds}
 
 
 def available_MB() -> float:

@@ -60,14 +60,22 @@ def local_ray(monkeypatch):
 
 
 @pytest.mark.slow
-def test_ddp_replicas_of_the_training_loop_stay_identical(moons, tmp_path, local_ray):
+@pytest.mark.parametrize("recompute", ["off", "on"])
+def test_ddp_replicas_of_the_training_loop_stay_identical(moons, tmp_path, local_ray, recompute):
+    """With ``train.recompute: on`` too: recomputed activations (non-reentrant checkpointing)
+    still give DDP every parameter's gradient once, and the replicas stay identical."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = parse(
         {
             "model": {"rank": 2, "depth": 2, "hidden": 16, "operator_hidden": 16},
-            "train": {"epochs": EPOCHS, "batch_size": 64, "num_workers": WORLD},
+            "train": {
+                "epochs": EPOCHS,
+                "batch_size": 64,
+                "num_workers": WORLD,
+                "recompute": recompute,
+            },
             "evaluate": {"steps": 10},
         }
     )

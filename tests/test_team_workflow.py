@@ -6,17 +6,20 @@ anything, a DVC experiment read back as JSON, and the registered champion served
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cluster import s3, s3_keys  # noqa: F401 - the S3 endpoint fixture
+from test_cluster import s3, s3_client, s3_keys  # noqa: F401 - the S3 endpoint fixture
 from test_pipeline_e2e import BIN, clean_env, copy_project
 
 TEAM = """\
@@ -164,3 +167,86 @@ def test_the_champion_served_by_mlflow_answers_like_the_in_process_model(tmp_pat
     finally:
         served.terminate()
         served.wait(timeout=30)
+
+
+@pytest.fixture
+def frozen_s3(tmp_path) -> Iterator[tuple[dict[str, str], subprocess.Popen]]:
+    """moto's S3 server in a process of its own (so it can be frozen with SIGSTOP: it keeps its
+    objects in memory, a restart would lose them), with a bucket ``bucket``."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    settings = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                s3_client(settings).create_bucket(Bucket="bucket")
+                break
+            except Exception:  # not up yet
+                assert time.time() < deadline, "moto_server did not start"
+                time.sleep(0.3)
+        yield settings, proc
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_run_whose_s3_storage_freezes_for_a_minute_finishes_or_resumes(tmp_path, frozen_s3):
+    """Checkpoints on S3; the server frozen for 60 s after the first one is written. The run
+    either rides it out, or stops with one line naming the storage, and ``--resume`` finishes it
+    from the last checkpoint written, in the same MLflow run."""
+    settings, server = frozen_s3
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    copy_project(proj)
+    params = TEAM.replace(
+        "train: {epochs: 1, batch_size: 64, num_workers: 0, image_every: 0}",
+        "train: {epochs: 6, batch_size: 64, num_workers: 1, image_every: 0, "
+        'storage_path: "s3://bucket/runs"}',
+    )
+    (proj / "params.yaml").write_text(params)
+    env = {**clean_env(**settings), "AWS_EC2_METADATA_DISABLED": "true"}
+    run([str(BIN / "python"), "-m", "pipelines.stages.prepare"], proj, env)
+    log = (tmp_path / "train.log").open("w")
+    train = [str(BIN / "python"), "-m", "pipelines.stages.train"]
+    proc = subprocess.Popen(train, cwd=proj, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not [k for k in s3_keys(settings, "runs/") if k.endswith("/state.pt")]:
+        assert proc.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+        assert time.time() < deadline, "no checkpoint reached the bucket"
+        time.sleep(0.2)
+    os.kill(server.pid, signal.SIGSTOP)
+    frozen_at = time.time()
+    time.sleep(60)
+    os.kill(server.pid, signal.SIGCONT)
+    rc = proc.wait(timeout=600)
+    out = (tmp_path / "train.log").read_text()
+    if rc != 0:  # it gave up: one line naming the storage, then --resume finishes it
+        errors = [ln for ln in out.splitlines() if ln.startswith("error: ")]
+        assert rc == 2 and len(errors) == 1 and "s3://bucket/runs" in errors[0], out[-3000:]
+        name = next(
+            ln.split()[1].rstrip(":") for ln in out.splitlines() if ln.startswith("training ")
+        )
+        resumed = run([*train, "--resume", name], proj, env, timeout=600)
+        assert "continued" in resumed, resumed
+    summary = json.loads((proj / "models/summary.json").read_text())
+    assert summary["epochs"] == 6, summary
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    run_info = client.get_run(summary["mlflow_run_id"])
+    assert run_info.info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run_info.info.run_id, "val_loss"))
+    assert steps == [1, 2, 3, 4, 5, 6], steps  # every epoch once, none lost or repeated
+    print(f"outage of 60 s from {frozen_at:.0f}: {'rode it out' if rc == 0 else 'resumed'}")

@@ -233,7 +233,7 @@ class RayDataBatches:
         batch_size: int,
         seed: int,
         device: torch.device,
-        dequantise: Dequantiser,
+        dequantise: Dequantiser | None = None,
     ) -> None:
         shard_rows = rows // world  # an equal split drops the rest
         if shard_rows == 0:
@@ -241,7 +241,7 @@ class RayDataBatches:
                 f"the train split has {rows} rows, fewer than the {world} workers"
             )
         self.shard, self.rank, self.seed, self.device = shard, rank, seed, device
-        self.dequantise = dequantise
+        self.dequantise = dequantise or Dequantiser(0, seed=seed, rank=rank, device=device)
         self.batch = min(batch_size, shard_rows)
         self.steps = shard_rows // self.batch
         row_bytes = 4 * max(1, math.prod(shape))
