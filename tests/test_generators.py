@@ -212,8 +212,8 @@ def test_fit_needs_one_budget_and_stops_on_a_non_finite_loss():
 def test_initialisation_sets_each_side_from_its_own_domain():
     """With two image networks the noise network's ActNorm must see noise, not data."""
     torch.manual_seed(0)
-    m = OneStepFlowMatching.build(
-        (1, 4, 4), rank=4, depth=1, hidden=8, flow="image", two_networks=True
+    m = OneStepFlowMatching.build(  # raw pixels: the data here lie far outside [0, 1]
+        (1, 4, 4), rank=4, depth=1, hidden=8, flow="image", two_networks=True, pixels="raw"
     )
     data = 5 + 0.01 * torch.rand(64, 1, 4, 4)  # far from N(0, I): a large log-scale
     m.initialize_from(data)

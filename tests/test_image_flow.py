@@ -92,6 +92,9 @@ def test_logit_pixels_round_trip_log_det_and_range():
     wild = t.inverse(torch.linspace(-1e3, 1e3, 101, dtype=torch.float64))
     bound = t.alpha / (1 - 2 * t.alpha)
     assert float(wild.min()) >= -bound and float(wild.max()) <= 1 + bound
+    edge = t.inverse(torch.linspace(-30, 30, 101, dtype=torch.float64)[:, None])  # beyond [0, 1]
+    assert float(edge.min()) < 0 and float(edge.max()) > 1
+    torch.testing.assert_close(t.inverse(t(edge)), edge, atol=1e-12, rtol=0)  # re-encodes
     with pytest.raises(ValueError, match=r"model\.pixels: raw"):
         t(torch.tensor([[1.5]], dtype=torch.float64))
 

@@ -33,13 +33,14 @@ class LogitPixels(InvertibleBlock):
         self.alpha = float(alpha)
 
     def forward_and_log_det(self, x: Tensor, *, cond: Tensor | None = None) -> FlowOutput:
-        if value_checks() and bool(((x < 0) | (x > 1)).any()):
+        p = self.alpha + (1 - 2 * self.alpha) * x
+        # the inverse's whole range is accepted (its own samples re-encode), nothing beyond
+        if value_checks() and bool(((p <= 0) | (p >= 1)).any()):
             raise ValueError(
                 f"pixels must lie in [0, 1] for the logit transform, got values in "
                 f"[{x.min().item():.3g}, {x.max().item():.3g}]; scale the data to [0, 1] or set "
                 "model.pixels: raw"
             )
-        p = self.alpha + (1 - 2 * self.alpha) * x
         y = torch.log(p) - torch.log1p(-p)
         log_det = (math.log(1 - 2 * self.alpha) - torch.log(p) - torch.log1p(-p)).flatten(1)
         return FlowOutput(y, log_det.sum(1))
