@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cluster import s3, s3_client, s3_keys  # noqa: F401 - the S3 endpoint fixture
+from test_cluster import free_port, s3, s3_client, s3_keys  # noqa: F401 - the S3 endpoint fixture
 from test_pipeline_e2e import BIN, clean_env, copy_project
 
 TEAM = """\
@@ -82,12 +81,6 @@ def test_a_colleague_pulls_from_the_s3_remote_reruns_nothing_and_runs_an_experim
     assert revision["params"]["params.yaml"]["data"]["model"]["rank"] == 1
     metrics = revision["metrics"]["metrics.json"]["data"]
     assert metrics["psnr_one_vs_multi_euler"] >= 100 and metrics["mmd"] > 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(url: str, body: dict) -> tuple[int, str]:
