@@ -29,16 +29,34 @@ from typing import Any
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # nodes on 127.0.0.1
 
 
-def _train_worker_pids() -> list[int]:
-    """PIDs of live Ray Train worker processes (``ray::RayTrainWorker``), from /proc."""
+def _parent(pid: int) -> int:
+    """The parent PID from ``/proc/<pid>/stat`` (0 once the process is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the name in parentheses may hold spaces
+
+
+def _train_worker_pids(root: int) -> list[int]:
+    """PIDs of live Ray Train worker processes (``ray::RayTrainWorker``) under process ``root``
+    (this cluster's worker-node raylet): another Ray on the machine (a test beside this one)
+    keeps its workers."""
     pids = []
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if proc.name.isdigit() and b"RayTrainWorker" in cmdline:
-            pids.append(int(proc.name))
+        if b"RayTrainWorker" not in cmdline:
+            continue
+        pid = ancestor = int(proc.name)
+        while ancestor > 1 and ancestor != root:
+            ancestor = _parent(ancestor)
+        if ancestor == root:
+            pids.append(pid)
     return pids
 
 
@@ -68,7 +86,8 @@ def train_once(cfg: Any, data: Path, storage: Path, kill_after: int | None) -> d
             "dashboard_port": _free_port(),
         },
     )
-    cluster.add_node(num_cpus=1)
+    node = cluster.add_node(num_cpus=1)
+    raylet = node.all_processes["raylet"][0].process.pid  # the training worker's ancestor
     os.environ["RAY_ADDRESS"] = cluster.address  # Ray's own helpers must not pick another Ray
     ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": os.getcwd()}})
     name = unique_run_name("faults")
@@ -89,8 +108,10 @@ def train_once(cfg: Any, data: Path, storage: Path, kill_after: int | None) -> d
         if "done" in events:
             return
         events["killed_at"] = time.perf_counter()
-        for pid in _train_worker_pids():
+        pids = _train_worker_pids(raylet)
+        for pid in pids:
             os.kill(pid, signal.SIGKILL)  # the worker dies mid-training, without warning
+        events["workers_killed"] = len(pids)
 
     watcher = threading.Thread(target=killer, daemon=True) if kill_after is not None else None
     t0 = time.perf_counter()
@@ -109,6 +130,7 @@ def train_once(cfg: Any, data: Path, storage: Path, kill_after: int | None) -> d
     return {
         "wall_s": events["done"] - t0,
         "killed": "killed_at" in events,
+        "workers_killed": int(events.get("workers_killed", 0)),
         "epochs": len(history),
         "final": {k: float(history[-1][k]) for k in ("train_loss", "val_loss", "val_mmd")},
         "checkpoints_kept": len(trained),

@@ -2,7 +2,7 @@
 127.0.0.1: an S3 endpoint (moto's server) for the prepared data and Ray Train's checkpoints, an
 MLflow tracking server that proxies artifacts (``--artifacts-destination``), a server that
 answers 401, and a two-node Ray cluster that gets the code through Ray's runtime env only.
-Also: a deterministic fault (``NumericalFault``) is not retried."""
+(That a deterministic fault, ``NumericalFault``, is not retried: ``test_mlflow_live``.)"""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-from conftest import stop_group, wait_http
+from conftest import fresh_mlflow_db, stop_group, wait_http
 from test_pipeline_e2e import BIN, clean_env, copy_project
 
 from lincore.toys import toy
@@ -205,6 +205,7 @@ def test_training_reads_data_and_checkpoints_on_s3_and_resumes_from_there(s3, tm
 def test_a_tracking_server_keeps_the_artifacts_and_the_client_project_none(tmp_path, moons):
     store, artifacts = tmp_path / "server", tmp_path / "server" / "artifacts"
     store.mkdir()
+    fresh_mlflow_db(store / "mlflow.db")  # migrated once per session, not by every server
     port = free_port()
     server = subprocess.Popen(
         [
@@ -287,19 +288,6 @@ def test_a_server_that_answers_401_is_one_line_naming_the_auth_variables(monkeyp
         server.shutdown()
     # the check sends what the MLflow client would: nothing, a bearer token, basic auth
     assert Refuses.seen[-3:] == [None, "Bearer t0ken", "Basic YW5uOnB3"]
-
-
-# ---- Ray Train: a deterministic fault is not retried -------------------------------------------
-
-
-@pytest.mark.slow
-def test_a_numerical_fault_fails_after_one_attempt_despite_max_failures(tmp_path, moons):
-    proj = make_project(tmp_path, epochs=2, train="lr: 1.0e+9, max_failures: 2")
-    r = run(["pipelines.stages.train", "--data", str(moons)], proj, RAY_DEDUP_LOGS="0")
-    line = one_line_error(r, ray_ran=True)
-    assert "NumericalFault" in line and "lower train.lr" in line, line
-    starts = (r.stdout + r.stderr).count("Started training worker group")
-    assert starts == 1, (r.stdout + r.stderr)[-4000:]  # max_failures 2 would have made it 3
 
 
 # ---- Ray: a two-node cluster that gets the code through the runtime env ------------------------

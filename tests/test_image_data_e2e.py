@@ -78,7 +78,9 @@ def test_mnist_idx_recipe_trains_and_evaluates_the_image_flow(tmp_path):
     for prefix, n in (("train", 240), ("t10k", 60)):
         write_idx(raw, prefix, *digit_like(n, rng))
     (proj / "params.yaml").write_text(
-        params_for(recipe, model=TINY_MODEL, train=TINY_TRAIN, evaluate=TINY_EVALUATE)
+        params_for(
+            recipe, model=TINY_MODEL, train={**TINY_TRAIN, "num_workers": 0}, evaluate=TINY_EVALUATE
+        )
     )
     sh([str(BIN / "dvc"), "repro", "evaluate"], proj, timeout=600)
 

@@ -24,7 +24,7 @@ import time
 
 import psutil
 import pytest
-from conftest import stop_group, wait_for_job_agent, wait_http
+from conftest import fresh_mlflow_db, stop_group, wait_for_job_agent, wait_http
 from test_pipeline_e2e import BIN, clean_env
 
 from pipelines.commands import cluster_check
@@ -283,6 +283,7 @@ def test_mlflow_ui_as_the_readme_writes_it_listens_on_loopback_only(tmp_path):
     port = _free_port()
     argv = [str(BIN / "mlflow"), *argv[1:]]
     argv[argv.index("--port") + 1] = str(port)
+    fresh_mlflow_db(tmp_path / "mlflow.db")  # the README's sqlite:///mlflow.db, migrated once
     proc = subprocess.Popen(
         argv,
         cwd=tmp_path,

@@ -265,11 +265,13 @@ def test_the_run_shows_metrics_and_pictures_while_training_goes_on(tmp_path, moo
 
 
 @pytest.mark.slow
-def test_a_run_with_nan_ends_failed_and_says_why(tmp_path, moons):
-    """Also: the stage's start marks KILLED a run left RUNNING by a killed driver."""
+def test_a_run_with_nan_ends_failed_after_one_attempt_and_says_why(tmp_path, moons):
+    """A numerical fault is deterministic: one attempt despite ``max_failures: 2``, one ``error:``
+    line naming the fix. Also: the stage's start marks KILLED a run left RUNNING by a killed
+    driver."""
     from mlflow import MlflowClient
 
-    proj = make_project(tmp_path, moons, "epochs: 3, batch_size: 64, lr: 1.0e+9, max_failures: 0")
+    proj = make_project(tmp_path, moons, "epochs: 3, batch_size: 64, lr: 1.0e+9, max_failures: 2")
     client = MlflowClient(f"sqlite:///{proj / 'mlflow.db'}")
     exp = client.create_experiment("linearizer", (proj / "mlartifacts").as_uri())
     orphan, _ = tracking.open_train_run(client, exp, "train-killed", {})
@@ -280,12 +282,17 @@ def test_a_run_with_nan_ends_failed_and_says_why(tmp_path, moons):
     r = subprocess.run(
         [str(BIN / "python"), "-m", "pipelines.stages.train"],
         cwd=proj,
-        env=clean_env(),
+        env=clean_env(RAY_DEDUP_LOGS="0"),
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, r.stderr[-4000:]
+    assert "NumericalFault" in errors[0] and "lower train.lr" in errors[0], errors[0]
+    starts = (r.stdout + r.stderr).count("Started training worker group")
+    assert starts == 1, (r.stdout + r.stderr)[-4000:]  # max_failures 2 would have made it 3
     assert "marked 1 train run(s) left RUNNING by a killed driver as KILLED" in r.stdout
     assert client.get_run(orphan).info.status == "KILLED"
     _, runs = train_runs(proj)

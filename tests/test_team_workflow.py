@@ -25,7 +25,7 @@ TEAM = """\
 data: {name: moons, n_samples: 600, path: data/raw}
 model: {rank: 2, depth: 2, hidden: 16, operator_hidden: 16}
 train: {epochs: 1, batch_size: 64, num_workers: 0, image_every: 0}
-evaluate: {steps: 10, grid: 16}
+evaluate: {steps: 10, grid: 16, n_samples: 100}
 mlflow: {}
 sweep: {}
 """
@@ -72,13 +72,19 @@ def test_a_colleague_pulls_from_the_s3_remote_reruns_nothing_and_runs_an_experim
     repro = run([dvc, "repro", "train"], clone, env)
     assert "Running stage" not in repro and "didn't change" in repro, repro
 
-    # an experiment on the colleague's side: one change, its metrics read back as JSON
-    run([dvc, "exp", "run", "-n", "rank1", "-S", "model.rank=1", "evaluate"], clone, env)
+    # an experiment on the colleague's side: one change (to evaluate only, so train stays
+    # cached), its metrics read back as JSON
+    ran = run(
+        [dvc, "exp", "run", "-n", "n60", "-S", "evaluate.n_samples=60", "evaluate"], clone, env
+    )
+    assert "'evaluate'" in ran and "Running stage 'train'" not in ran, ran
+    # the train run lives in the first developer's mlflow.db: evaluation logs to a run of its own
+    assert "is not in this tracking store" in ran and "Traceback" not in ran, ran
     shown = json.loads(run([dvc, "exp", "show", "--json"], clone, env))
     exps = [e for row in shown for e in (row.get("experiments") or [])]
-    (mine,) = [e for e in exps if e.get("name") == "rank1"]
+    (mine,) = [e for e in exps if e.get("name") == "n60"]
     revision = mine["revs"][0]["data"]
-    assert revision["params"]["params.yaml"]["data"]["model"]["rank"] == 1
+    assert revision["params"]["params.yaml"]["data"]["evaluate"]["n_samples"] == 60
     metrics = revision["metrics"]["metrics.json"]["data"]
     assert metrics["psnr_one_vs_multi_euler"] >= 100 and metrics["mmd"] > 0
 

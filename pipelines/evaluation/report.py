@@ -77,6 +77,10 @@ def rank_k_figure(samples: np.ndarray, ks: np.ndarray) -> Any:
     )
 
 
+TRAIN_RUN_TAG = "linearizer.train_run"
+"""On an evaluation's own run: the id of the train run of its model, kept in another store."""
+
+
 def log_to_run(
     mlflow_cfg: MlflowConfig,
     run_id: str,
@@ -84,10 +88,28 @@ def log_to_run(
     rows: list[dict],
     figs: dict[str, Any],
 ) -> None:
-    """The metrics (as ``test_*``), the PSNR by steps and the figures, in the training run."""
+    """The metrics (as ``test_*``), the PSNR by steps and the figures, in the training run.
+
+    A model trained elsewhere (a colleague's ``dvc pull``, whose train run lives in another
+    tracking store) gets a run of its own, tagged with the train run's id, instead of a stack
+    trace from MLflow."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     tracking.setup(mlflow_cfg)
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        here = tracking.tracking_uri(mlflow_cfg)
+        new = mlflow.start_run(run_name="evaluate", tags={TRAIN_RUN_TAG: run_id})
+        mlflow.end_run()
+        print(
+            f"the train run {run_id} is not in this tracking store ({here}): the model was "
+            f"trained against another one (dvc pull). Logged to a new run {new.info.run_id}, "
+            f"tagged {TRAIN_RUN_TAG}; share one tracking server (mlflow.tracking_uri) to keep "
+            "them together"
+        )
+        run_id = new.info.run_id
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if math.isfinite(v)})
         for row in rows:
