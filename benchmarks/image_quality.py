@@ -10,10 +10,14 @@ fresh uniform noise per batch (``(level + u) / 256``), Adam 1e-3, batch 64, grad
 EMA of the weights (0.999) that is what gets evaluated. The arms:
 
 - ``linearizer``: ``model.flow: image`` with every other ``params.yaml`` default (multi-scale,
-  logit pixels; ``train.recompute: auto``, which is off at this batch): what a new user gets,
-  sampled in one step.
+  logit pixels, two networks, the warm-up; ``train.recompute: auto``, which is off at this
+  batch): what a new user gets, sampled in one step. ``train.warmup: auto`` is a share of the
+  steps (0.97), which a CPU-time budget cannot count ahead: here ``g(.; 1)`` trains alone for
+  the first ``WARMUP_TIME`` (85%) of the time, which came to that share of the steps.
+- ``linearizer, one g, no warm-up``: the image default before the warm-up (one conditional
+  ``g``, ``model.two_networks: false, train.warmup: 0``).
 - ``linearizer, single scale``: the image flow before issue 23 (one scale, raw pixels,
-  ``model.levels: 1, model.pixels: raw``), same depth and width.
+  ``model.levels: 1, model.pixels: raw``, one ``g``, no warm-up), same depth and width.
 - ``flow matching``: rectified flow with a convolutional U-Net velocity
   (``lincore.generators.ConvVelocity``) of the Linearizer's parameter count, Euler 1/10/100 steps.
 - ``MeanFlow``: the same U-Net with two times, one step.
@@ -74,9 +78,18 @@ SHAPE = (1, 28, 28)
 TRAIN, HELD_OUT = 4000, 1000
 BATCH, LR, CLIP, EMA = 64, 1e-3, 10.0, 0.999
 STEPS = 100
-ARMS = ("linearizer", "linearizer, single scale", "flow matching", "MeanFlow", "plain flow")
+ARMS = (
+    "linearizer",
+    "linearizer, one g, no warm-up",
+    "linearizer, single scale",
+    "flow matching",
+    "MeanFlow",
+    "plain flow",
+)
 DEFAULT = OneStepConfig(flow="image")
 """The image default: ``params.yaml``'s model section with ``flow: image``."""
+WARMUP_TIME = 0.85
+"""The default arm's share of its CPU time in the warm-up (``train.warmup``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,8 +146,10 @@ def build(arm: str) -> nn.Module:
     target = params(linearizer())
     if arm == "linearizer":
         return linearizer()
+    if arm == "linearizer, one g, no warm-up":
+        return linearizer(two_networks=False)
     if arm == "linearizer, single scale":
-        return linearizer(levels=1, pixels="raw")
+        return linearizer(levels=1, pixels="raw", two_networks=False)
     torch.manual_seed(0)
     if arm == "flow matching":
         return FlowMatchingBaseline(ConvVelocity(SHAPE, hidden=matched_hidden(target, 1)))
@@ -148,9 +163,10 @@ def build(arm: str) -> nn.Module:
 
 def train(
     model: nn.Module, arm: str, digits: Digits, seconds: float, device: str = "cpu"
-) -> tuple[nn.Module, int]:
+) -> tuple[nn.Module, int, int]:
     """Adam on fresh-noise batches until ``seconds`` are spent: this process's CPU time on the
-    CPU, wall clock on a GPU. Returns the EMA weights on the CPU, and the steps taken."""
+    CPU, wall clock on a GPU. Returns the EMA weights on the CPU, the steps taken and how many
+    of them were warm-up steps."""
     gen = torch.Generator().manual_seed(0)
     first = dequantise(digits.train[:256], gen)
     clock = time.process_time if device == "cpu" else time.perf_counter
@@ -159,15 +175,21 @@ def train(
     if isinstance(model, OneStepFlowMatching):
         model.initialize_from(first)
         # what train.recompute: auto does for this batch (off at 64 x 784 values)
-        set_recompute(model, recomputes("auto", "image", BATCH * 784) and arm == "linearizer")
+        set_recompute(model, recomputes("auto", "image", BATCH * 784) and arm.startswith("lin"))
     elif isinstance(model, MaximumLikelihoodFlow):
         model.g.initialize_from(model.pixels(first) if model.pixels else first)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(EMA))
-    steps, start = 0, clock()
-    while clock() - start < seconds:
+    warm_for = WARMUP_TIME * seconds if arm == "linearizer" else 0.0
+    steps, warm_steps, start = 0, 0, clock()
+    while (used := clock() - start) < seconds:
         idx = torch.randint(len(digits.train), (BATCH,), generator=gen)
-        loss = model(dequantise(digits.train[idx], gen).to(device))["loss"]
+        x1 = dequantise(digits.train[idx], gen).to(device)
+        if used < warm_for:
+            loss = model(x1, warmup=True)["loss"]
+            warm_steps += 1
+        else:
+            loss = model(x1)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), CLIP)
@@ -182,7 +204,7 @@ def train(
             )
     best = ema.module.cpu()
     set_recompute(best, False)
-    return best.eval(), steps
+    return best.eval(), steps, warm_steps
 
 
 def scores(x: Tensor, digits: Digits, clf: FeatureClassifier) -> dict[str, float]:
@@ -296,11 +318,12 @@ def run_arm(
     clf.eval()
     model = build(arm)
     t0 = time.perf_counter()
-    model, steps = train(model, arm, digits, 60 * minutes, device)
+    model, steps, warm_steps = train(model, arm, digits, 60 * minutes, device)
     wall = time.perf_counter() - t0
     torch.set_num_threads(2 if device == "cpu" else os.cpu_count() or 2)  # scoring: no budget
     rows = evaluate(arm, model, digits, clf, Path(out), steps)
     for r in rows:
+        r["warm-up steps"] = warm_steps
         r["train wall s"] = wall
     queue.put(rows)
 

@@ -28,11 +28,11 @@ class RecordingSession(RayTrainSession):
         super().__init__()
         self.folder = Path(folder)
 
-    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap_model(self, model: torch.nn.Module, *, find_unused: bool = False) -> torch.nn.Module:
         self.model = model  # the module DDP wraps: the weights this rank trains
         self.parameters = [name for name, _ in model.named_parameters()]
         self._save("init", {})
-        return super().wrap_model(model)
+        return super().wrap_model(model, find_unused=find_unused)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         super().report(metrics, state)
@@ -60,10 +60,14 @@ def local_ray(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recompute", ["off", "on"])
-def test_ddp_replicas_of_the_training_loop_stay_identical(moons, tmp_path, local_ray, recompute):
+@pytest.mark.parametrize("recompute, warmup", [("off", 0.0), ("on", 0.5)])
+def test_ddp_replicas_of_the_training_loop_stay_identical(
+    moons, tmp_path, local_ray, recompute, warmup
+):
     """With ``train.recompute: on`` too: recomputed activations (non-reentrant checkpointing)
-    still give DDP every parameter's gradient once, and the replicas stay identical."""
+    still give DDP every parameter's gradient once, and the replicas stay identical. With a
+    warm-up (the first epoch of two): DDP finds the parameters it leaves without a gradient
+    (the operator), which stay as built through it and train after it."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -75,6 +79,7 @@ def test_ddp_replicas_of_the_training_loop_stay_identical(moons, tmp_path, local
                 "batch_size": 64,
                 "num_workers": WORLD,
                 "recompute": recompute,
+                "warmup": warmup,
             },
             "evaluate": {"steps": 10},
         }
@@ -109,3 +114,12 @@ def test_ddp_replicas_of_the_training_loop_stay_identical(moons, tmp_path, local
     for key in init[0]["parameters"]:
         assert torch.equal(init[0]["state"][key], init[1]["state"][key]), key  # built alike
         assert not torch.equal(final[0]["state"][key], init[0]["state"][key]), f"{key} untrained"
+    if warmup:
+        warm = [load(f"epoch0-rank{r}")["state"] for r in range(WORLD)]
+        operator = [k for k in init[0]["parameters"] if k.startswith("operator.")]
+        flow = [k for k in init[0]["parameters"] if k.startswith("g.")]
+        assert operator and flow
+        for key in operator:  # no gradient in the warm-up: untouched, on both replicas
+            assert torch.equal(warm[0][key], init[0]["state"][key]), key
+            assert torch.equal(warm[1][key], init[0]["state"][key]), key
+        assert all(not torch.equal(warm[0][k], init[0]["state"][k]) for k in flow)

@@ -34,7 +34,7 @@ class DoubleSession(FakeSession):
     """A session whose ``wrap_model`` changes the model's dtype, as Ray's ``prepare_model``
     changes its device: whatever the loop restores must follow the prepared model."""
 
-    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap_model(self, model: torch.nn.Module, *, find_unused: bool = False) -> torch.nn.Module:
         return model.double()
 
 
@@ -85,22 +85,23 @@ def value_reads(monkeypatch):
     return calls
 
 
+@pytest.mark.parametrize("warmup", [False, True])
 @pytest.mark.parametrize("flow", ["coupling", "image"])
-def test_the_training_forward_and_backward_read_no_tensor_value(flow, value_reads):
+def test_the_training_forward_and_backward_read_no_tensor_value(flow, warmup, value_reads):
     """Inside ``unchecked()`` (what ``train_step`` uses) the whole loss, with the one-step
-    likelihood's collapse and solve, and its backward pass never read a value; outside it the
-    value checks (NaN input, ActNorm initialised) do."""
+    likelihood's collapse and solve, and its backward pass never read a value (nor does the
+    warm-up's); outside it the value checks (NaN input, ActNorm initialised) do."""
     shape = (2,) if flow == "coupling" else (1, 4, 4)
     model = OneStepFlowMatching.build(shape, ModelConfig(**{**SMALL.__dict__, "flow": flow}))
     x = torch.rand(16, *shape)
     model.initialize_from(x)
-    model(x)["loss"]  # warm-up outside the count
+    model(x, warmup=warmup)["loss"]  # first call outside the count
     value_reads.clear()
     with unchecked():
-        loss = model(x)["loss"]
+        loss = model(x, warmup=warmup)["loss"]
     loss.backward()
     assert value_reads == []
-    model(x)
+    model(x, warmup=warmup)
     assert value_reads  # the checks run at the user-facing edge
 
 

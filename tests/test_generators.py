@@ -12,6 +12,7 @@ from lincore.fit import fit
 from lincore.generators import (
     FlowMatchingBaseline,
     LossWeights,
+    MaximumLikelihoodFlow,
     OneStepFlowMatching,
     VelocityMLP,
     bits_per_dim,
@@ -224,3 +225,29 @@ def test_initialisation_sets_each_side_from_its_own_domain():
     assert float(first["data"].log_scale.mean()) > 3
     assert float(first["noise"].log_scale.abs().max()) < 0.5
     assert m.roundtrip_error(data) < 1e-4 and m.roundtrip_error(torch.randn(8, 1, 4, 4), 0) < 1e-4
+
+
+@pytest.mark.parametrize("two_networks", [False, True])
+def test_the_warm_up_trains_the_data_network_alone_as_a_plain_flow(two_networks):
+    """``warmup=True``: the loss is ``g(.; 1)``'s own NLL of the data (the plain flow's, per
+    dimension, without the ``log 2 pi`` constant), the same ``data_likelihood`` as the full
+    objective's; the operator gets no gradient. One shared network also learns to keep noise
+    Gaussian through ``g(.; 0)``; with two, the noise network is left alone."""
+    m = model(two_networks=two_networks, kind="isotropic_psd")
+    x1 = 2 * torch.randn(32, 4, dtype=F64) + 1
+    warm = m(x1, warmup=True)
+    torch.manual_seed(0)
+    full = m(x1)
+    torch.testing.assert_close(warm["data_likelihood"], full["data_likelihood"], **TOL)
+    if two_networks:
+        plain = MaximumLikelihoodFlow(m.g_data)(x1)["loss"]
+        torch.testing.assert_close(warm["loss"] + 0.5 * math.log(2 * math.pi), plain, **TOL)
+        assert set(warm) == {"data_likelihood", "loss"}
+    else:
+        assert warm["loss"] == warm["data_likelihood"] + warm["noise_likelihood"]
+    warm["loss"].backward()
+    assert all(p.grad is None for p in m.operator.parameters())
+    data_net = m.g_data if two_networks else m.g
+    assert all(p.grad is not None for p in data_net.parameters())
+    if two_networks:
+        assert all(p.grad is None for p in m.g.parameters())

@@ -48,7 +48,7 @@ class CudaSession(FakeSession):
 
     device = torch.device("cuda", 0)
 
-    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap_model(self, model: torch.nn.Module, *, find_unused: bool = False) -> torch.nn.Module:
         self.model, self.batch_devices = model, set()
 
         def record(_: Any, args: tuple) -> None:
@@ -199,9 +199,9 @@ class RecordingSession(RayTrainSession):
         super().__init__()
         self.folder = Path(folder)
 
-    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap_model(self, model: torch.nn.Module, *, find_unused: bool = False) -> torch.nn.Module:
         self.model = model
-        return super().wrap_model(model)
+        return super().wrap_model(model, find_unused=find_unused)
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         super().report(metrics, state)

@@ -55,6 +55,10 @@ def test_the_shipped_params_file_is_valid():
         ({"sweep": {"space": {"train.lr": {"loguniform": [0, 1]}}}}, "0 < low <= high"),
         ({"sweep": {"space": {"model.rank": {"uniform": [1, 4]}}}}, "needs .low, high. bounds"),
         ({"sweep": {"metric": "accuracy"}}, "sweep.metric 'accuracy' is unknown; allowed: val_mmd"),
+        ({"model": {"two_networks": "yes"}}, "model.two_networks must be true, false or auto"),
+        ({"train": {"warmup": "yes"}}, "train.warmup must be auto or a share of the steps"),
+        ({"train": {"warmup": 1}}, r"train.warmup must be .* in \[0, 1\), got 1.0"),
+        ({"train": {"warmup": True}}, "train.warmup must be a number or a string, got True"),
         ({"train": "fast"}, "'train' must be a mapping"),
         (["data"], "params.yaml must be a mapping"),
     ],
@@ -62,6 +66,12 @@ def test_the_shipped_params_file_is_valid():
 def test_bad_params_name_the_key_and_the_fix(raw, message):
     with pytest.raises(ConfigError, match=message):
         parse(raw)
+
+
+def test_a_key_of_a_number_or_auto_takes_either():
+    assert parse({"train": {"warmup": 0}}).train.warmup == 0.0
+    assert parse({"train": {"warmup": 0.5}}).train.warmup == 0.5
+    assert parse({}).train.warmup == "auto"
 
 
 def test_missing_and_malformed_params_files(tmp_path):

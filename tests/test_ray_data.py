@@ -105,7 +105,7 @@ class FakeSession:
     def latest_state(self) -> dict[str, Any] | None:
         return self.state
 
-    def wrap_model(self, model: Any) -> Any:
+    def wrap_model(self, model: Any, *, find_unused: bool = False) -> Any:
         return model
 
     def shard_loader(self, loader: Any) -> Any:

@@ -374,7 +374,7 @@ def test_score_is_the_loops_val_mmd_of_the_same_weights(moons):
         def latest_state(self) -> None:
             return None
 
-        def wrap_model(self, model):
+        def wrap_model(self, model, *, find_unused=False):
             return model
 
         def shard_loader(self, loader):

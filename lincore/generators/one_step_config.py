@@ -77,7 +77,9 @@ class OneStepConfig:
     pixels: str = "auto"
     """auto (logit for the image flow, raw otherwise) | raw | logit (RealNVP's logit of the
     dequantised pixels: samples in range by construction; needs data in [0, 1])"""
-    two_networks: bool = False
+    two_networks: bool | str = "auto"
+    """true: separate networks g for noise and data; false: one conditional g for both; auto:
+    two for the image flow (warmed up as a plain flow of the data first), one otherwise"""
     sigma: float = 0.3
     w_latent: float = 1.0
     w_noise_reconstruction: float = 1.0

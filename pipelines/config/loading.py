@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import types
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -44,7 +45,15 @@ from pipelines.errors import ConfigError
 
 def _check_value(key: str, value: Any, kind: Any) -> Any:
     """``value`` checked against the field's type (``int``, ``float``, ``bool``, ``str``,
-    ``list[...]``); YAML gives ``3`` for a float field, so ints are accepted there."""
+    ``list[...]``, or a union such as ``float | str`` for a number or ``auto``); YAML gives
+    ``3`` for a float field, so ints are accepted there."""
+    if isinstance(kind, types.UnionType):
+        for member in typing.get_args(kind):
+            try:
+                return _check_value(key, value, member)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} must be {_noun(kind)}, got {value!r}")
     if typing.get_origin(kind) is dict:
         if not isinstance(value, dict) or not value:
             raise ConfigError(f"{key} must be a non-empty mapping, got {value!r}")
@@ -60,9 +69,15 @@ def _check_value(key: str, value: Any, kind: Any) -> Any:
         return float(value)
     wrong = isinstance(value, bool) != (kind is bool) or not isinstance(value, kind)
     if wrong:
-        noun = {int: "an integer", bool: "true or false", str: "a string"}[kind]
-        raise ConfigError(f"{key} must be {noun}, got {value!r}")
+        raise ConfigError(f"{key} must be {_noun(kind)}, got {value!r}")
     return value
+
+
+def _noun(kind: Any) -> str:
+    if isinstance(kind, types.UnionType):
+        return " or ".join(_noun(member) for member in typing.get_args(kind))
+    nouns = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return nouns.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def _section(name: str, cls: type, raw: Any) -> Any:
@@ -119,6 +134,10 @@ def _validate_model(m: ModelConfig) -> None:
         f"model.operator must be one of {', '.join(OPERATOR_KINDS)}, got {m.operator!r}",
     )
     _need(m.sigma >= 0, f"model.sigma must be >= 0, got {m.sigma}")
+    _need(
+        m.two_networks in (True, False, "auto"),
+        f"model.two_networks must be true, false or auto, got {m.two_networks!r}",
+    )
 
 
 def _validate_train(t: TrainConfig) -> None:
@@ -150,6 +169,10 @@ def _validate_train(t: TrainConfig) -> None:
     _need(
         t.loader in ("auto", "memory", "ray_data"),
         f"train.loader must be auto, memory or ray_data, got {t.loader!r}",
+    )
+    _need(
+        t.warmup == "auto" or (isinstance(t.warmup, float) and 0 <= t.warmup < 1),
+        f"train.warmup must be auto or a share of the steps in [0, 1), got {t.warmup!r}",
     )
     _need(
         math.isfinite(t.grad_clip) and t.grad_clip >= 0,
@@ -234,7 +257,7 @@ def _check_dimension(cfg: Config, key: str, spec: Any) -> None:
         if not numeric or len(values) != 2:
             raise ConfigError(
                 f"{where}.{dist} needs [low, high] bounds on a "
-                f"{'float' if dist != 'randint' else 'integer'} key ({key} is {kind.__name__})"
+                f"{'float' if dist != 'randint' else 'integer'} key ({key} is {_noun(kind)})"
             )
         low, high = (_check_value(f"{where}.{dist}", v, kind) for v in values)
         if not low <= high or (dist == "loguniform" and low <= 0):

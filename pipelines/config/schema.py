@@ -87,6 +87,11 @@ class TrainConfig:
     """auto (the image flow, from 2^17 values per worker batch) | on | off: keep only each
     block's input for the backward pass and recompute the rest there (torch.utils.checkpoint),
     so a step's memory hardly grows with depth, for about a third more compute"""
+    warmup: float | str = "auto"
+    """share of the training steps (0 to below 1) that train g(.; 1) alone as a plain flow, by
+    its likelihood (one pass of g per step instead of seven), before the full objective: auto
+    is 0.97 for the image flow, whose one-step samples need a Gaussianising g(.; 1)
+    first, and 0 (off) for the coupling flow"""
     grad_clip: float = 10.0
     """largest global gradient norm per step (torch.nn.utils.clip_grad_norm_, after unscaling
     with fp16); 0 = off. The default digits run's norms peak at 8 (median 1.4), so 10 only

@@ -25,8 +25,10 @@ class Session(Protocol):
     """torch's intra-op threads for this worker (``None``: leave torch's own setting)"""
 
     def latest_state(self) -> dict[str, Any] | None: ...
-    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model on this worker's device, in DDP where there are several workers."""
+    def wrap_model(self, model: torch.nn.Module, *, find_unused: bool = False) -> torch.nn.Module:
+        """The model on this worker's device, in DDP where there are several workers;
+        ``find_unused``: some steps leave parameters without a gradient (the warm-up), which
+        DDP must then look for instead of waiting on them."""
         ...
 
     def shard_loader(self, loader: DataLoader) -> DataLoader:
@@ -103,10 +105,13 @@ class RayTrainSession:
 
         return checkpoint_state(ray.train.get_checkpoint())
 
-    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap_model(self, model: torch.nn.Module, *, find_unused: bool = False) -> torch.nn.Module:
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(model)
+        # a globally unused parameter keeps grad None under DDP, so Adam skips it as it would
+        # without DDP (its moments start when the full objective does)
+        kwargs = {"find_unused_parameters": True} if find_unused else None
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
 
     def shard_loader(self, loader: DataLoader) -> DataLoader:
         """A ``DistributedSampler`` (a fresh global shuffle each epoch) and batches moved to the
@@ -169,7 +174,7 @@ class TuneSession:
 
         return checkpoint_state(tune.get_checkpoint())
 
-    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap_model(self, model: torch.nn.Module, *, find_unused: bool = False) -> torch.nn.Module:
         return model.to(self.device)
 
     def shard_loader(self, loader: DataLoader) -> DataLoader:
