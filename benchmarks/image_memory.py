@@ -32,7 +32,7 @@ from lincore.generators import OneStepConfig, OneStepFlowMatching
 from lincore.inn import set_recompute
 from pipelines.training.loop import recomputes
 
-BEFORE = {"levels": 1, "pixels": "raw"}
+BEFORE = {"levels": 1, "pixels": "raw", "two_networks": False}
 CASES = [("1x28x28", (1, 28, 28), 256), ("3x64x64", (3, 64, 64), 16)]
 
 

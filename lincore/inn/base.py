@@ -7,6 +7,7 @@ can serve as both ``g_x`` and ``g_y`` of a generator.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -57,44 +58,74 @@ class Inverse(InvertibleBlock):
 class InvertibleSequential(InvertibleBlock):
     """Blocks in order forward, in reverse order backwards; log-determinants add up.
 
-    With ``recompute`` on (``set_recompute``) and gradients enabled, each block keeps only its
-    input for the backward pass and recomputes its inner activations there (non-reentrant
-    ``torch.utils.checkpoint``: safe when one loss runs ``g`` several times, and DDP sees every
-    parameter once). The conditioners' hidden activations dominate a step's memory, so memory
-    then hardly grows with depth, for about a third more compute.
+    With ``recompute`` on (``set_recompute``) and gradients enabled, each run of ``group``
+    consecutive blocks (1: each block; 3: a coupling step of ActNorm, coupling and 1x1 conv)
+    keeps only its input for the backward pass and recomputes its inner activations there
+    (non-reentrant ``torch.utils.checkpoint``: safe when one loss runs ``g`` several times, and
+    DDP sees every parameter once). The conditioners' hidden activations dominate a step's
+    memory, so memory then hardly grows with depth, for about a third more compute.
     """
 
     recompute: bool
 
-    def __init__(self, *blocks: InvertibleBlock) -> None:
+    def __init__(self, *blocks: InvertibleBlock, group: int = 1) -> None:
         super().__init__()
         for i, b in enumerate(blocks):
             if not isinstance(b, InvertibleBlock):
                 raise TypeError(f"block {i} must be an InvertibleBlock, got {type(b).__name__}")
+        if group < 1:
+            raise ValueError(f"group must be >= 1, got {group}")
         self.blocks = nn.ModuleList(blocks)
+        self.group = group
         self.recompute = False
 
-    def _run(self, fn, x: Tensor, cond: Tensor | None):  # noqa: ANN001, ANN202 - a bound method
+    def _units(self, reverse: bool = False) -> list[list[InvertibleBlock]]:
+        """The blocks in runs of ``group`` while recomputing (each run one checkpoint), else
+        one by one; in the order they apply."""
+        blocks = list(self.blocks)
+        size = self.group if self.recompute and torch.is_grad_enabled() else 1
+        units = [blocks[i : i + size] for i in range(0, len(blocks), size)]
+        return [u[::-1] for u in units[::-1]] if reverse else units
+
+    def _run(self, fn, x: Tensor, cond: Tensor | None):  # noqa: ANN001, ANN202 - a function
         if self.recompute and torch.is_grad_enabled():
             return checkpoint(fn, x, cond=cond, use_reentrant=False)
         return fn(x, cond=cond)
 
     def forward_and_log_det(self, x: Tensor, *, cond: Tensor | None = None) -> FlowOutput:
         log_det = x.new_zeros(x.shape[0])
-        for b in self.blocks:
-            step = self._run(b.forward_and_log_det, x, cond)
+        for unit in self._units():
+            step = self._run(functools.partial(_forward_and_log_det, unit), x, cond)
             x, log_det = step.out, log_det + step.log_det
         return FlowOutput(x, log_det)
 
     def forward(self, x: Tensor, *, cond: Tensor | None = None) -> Tensor:
-        for b in self.blocks:
-            x = self._run(b, x, cond)
+        for unit in self._units():
+            x = self._run(functools.partial(_apply, unit, "forward"), x, cond)
         return x
 
     def inverse(self, z: Tensor, *, cond: Tensor | None = None) -> Tensor:
-        for b in reversed(self.blocks):
-            z = self._run(b.inverse, z, cond)
+        for unit in self._units(reverse=True):
+            z = self._run(functools.partial(_apply, unit, "inverse"), z, cond)
         return z
+
+
+def _forward_and_log_det(
+    blocks: list[InvertibleBlock], x: Tensor, *, cond: Tensor | None
+) -> FlowOutput:
+    if len(blocks) == 1:
+        return blocks[0].forward_and_log_det(x, cond=cond)
+    log_det = x.new_zeros(x.shape[0])
+    for b in blocks:
+        step = b.forward_and_log_det(x, cond=cond)
+        x, log_det = step.out, log_det + step.log_det
+    return FlowOutput(x, log_det)
+
+
+def _apply(blocks: list[InvertibleBlock], method: str, x: Tensor, *, cond: Tensor | None) -> Tensor:
+    for b in blocks:
+        x = b(x, cond=cond) if method == "forward" else b.inverse(x, cond=cond)
+    return x
 
 
 def set_recompute(module: nn.Module, on: bool) -> int:

@@ -60,14 +60,15 @@ def flow_steps(
     seed: int,
     coupling: str = "affine",
 ) -> InvertibleSequential:
-    """``depth`` x (ActNorm -> coupling -> invertible 1x1 conv) on ``channels``."""
+    """``depth`` x (ActNorm -> coupling -> invertible 1x1 conv) on ``channels``; recomputed a
+    step at a time (one checkpoint keeps one input per step, not three)."""
     blocks: list[InvertibleBlock] = []
     for i in range(depth):
         block = coupling_block(
             coupling, channels, TwoScaleConditioner, hidden, conditional=conditional, clamp=clamp
         )
         blocks += [ActNorm(channels), block, InvertibleConv1x1(channels, seed=seed + i)]
-    return InvertibleSequential(*blocks)
+    return InvertibleSequential(*blocks, group=3)
 
 
 class ScaleLevel(InvertibleBlock):

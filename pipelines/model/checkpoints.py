@@ -18,8 +18,15 @@ from pipelines.atomic import atomic_path
 from pipelines.config import ModelConfig
 from pipelines.errors import DataError
 
-LEGACY = {"operator": "low_rank", "w_one_step_likelihood": 0.0, "levels": 1, "pixels": "raw"}
-"""Values of the keys that checkpoints written before they existed were trained with."""
+LEGACY = {
+    "operator": "low_rank",
+    "w_one_step_likelihood": 0.0,
+    "levels": 1,
+    "pixels": "raw",
+    "two_networks": False,
+}
+"""Values of the keys that checkpoints written before they existed (or before their default
+became ``auto``) were trained with."""
 
 
 def save(
