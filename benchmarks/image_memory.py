@@ -100,6 +100,7 @@ def pipeline_table() -> list[dict[str, Any]]:
                 model=model,
                 batch_size=16,
                 recompute="off" if before else "auto",
+                warmup=0.0 if before else "auto",  # the peak is a full step's either way
             )
             keep = ("peak RSS MiB", "peak private MiB", "epoch s", "file MB")
             rows.append(

@@ -124,6 +124,7 @@ def measure(
     model: ModelConfig = TINY_MODEL,
     batch_size: int = 512,
     recompute: str = "auto",
+    warmup: float | str = "auto",
 ) -> dict[str, Any]:
     """Train ``epochs`` epochs on ``train_path`` with ``train.loader: loader`` (Ray must be
     initialised); rank 0's peak RSS and mean epoch time, with the split's rows and bytes."""
@@ -135,6 +136,7 @@ def measure(
             num_workers=workers,
             loader=loader,
             recompute=recompute,
+            warmup=warmup,
             image_every=0,
             storage_path=str(storage),
         ),
