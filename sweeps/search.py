@@ -129,6 +129,15 @@ def study_storage(cfg: Config, out: Path) -> str:
     return f"sqlite:///{(out / STUDY_FILE).resolve()}"
 
 
+def first_rung(cfg: Config) -> int:
+    """The first epoch whose ``val_mmd`` says something of a trial: the first one after its
+    warm-up, which trains ``g(.; 1)`` alone (the operator untouched) for a share of its steps."""
+    from pipelines.training.loop import warmup_share
+
+    share = warmup_share(cfg.train.warmup, cfg.model.flow)
+    return math.floor(share * cfg.sweep.max_epochs) + 1 if share else 1
+
+
 def search_setup(
     cfg: Config, study: tuple[str, str] | None = None
 ) -> tuple[Any, Any, dict[str, Any]]:
@@ -142,7 +151,9 @@ def search_setup(
     each epoch, at equal epoch counts (``trial.EPOCHS_DONE``), unsmoothed: on digits its spread
     over noise seeds is 0.7-5% of the value (and the seed is the same for every trial), under
     the cosine schedule it moves by under 1.3% over a run's last 5 epochs, and the epoch-1
-    value ranks trials as their last one does (Spearman 0.94-0.97; docs/sweeps.md)."""
+    value ranks trials as their last one does (Spearman 0.94-0.97; docs/sweeps.md). Not so
+    during a warm-up (``train.warmup``: the operator is untrained until it ends), so ASHA's
+    first rung waits for the first epoch after it (``first_rung``)."""
     import optuna
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
@@ -175,7 +186,7 @@ def search_setup(
         scheduler = ASHAScheduler(
             time_attr=trial.EPOCHS_DONE,
             max_t=s.max_epochs,
-            grace_period=min(s.grace_period, s.max_epochs),
+            grace_period=min(max(s.grace_period, first_rung(cfg)), s.max_epochs),
             reduction_factor=REDUCTION_FACTOR,
         )
     metric = {} if pareto else {"metric": s.metric, "mode": "min"}

@@ -68,6 +68,18 @@ def test_bad_params_name_the_key_and_the_fix(raw, message):
         parse(raw)
 
 
+def test_the_full_objective_after_a_warm_up_gets_a_cosine_of_its_own():
+    from pipelines.training.schedule import learning_rate
+
+    cfg = parse({"train": {"lr": 0.01}}).train
+    rates = [learning_rate(cfg, e, s, 10, 4, restart=36) for e in range(4) for s in range(10)]
+    assert rates[0] == rates[36] == 0.01  # each phase starts at lr ...
+    assert rates[35] < 1e-4 and rates[39] < 0.01  # ... and anneals towards 0
+    assert all(rates[i] >= rates[i + 1] for i in range(35))
+    plain = [learning_rate(cfg, e, s, 10, 4) for e in range(4) for s in range(10)]
+    assert plain[0] == 0.01 and plain[36] < 1e-3  # without a warm-up: one cosine
+
+
 def test_a_key_of_a_number_or_auto_takes_either():
     assert parse({"train": {"warmup": 0}}).train.warmup == 0.0
     assert parse({"train": {"warmup": 0.5}}).train.warmup == 0.5

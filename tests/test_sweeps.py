@@ -257,6 +257,31 @@ def test_tpe_ranks_complete_trials_above_pruned_ones_and_starts_modelling_early(
     assert scheduler._time_attr == "epochs_done" and metric == {"metric": "val_mmd", "mode": "min"}
 
 
+def first_milestone(asha) -> int:
+    """The epoch of ASHA's first rung (its first chance to stop a trial)."""
+    return min(milestone for milestone, _ in asha._brackets[0]._rungs)
+
+
+def test_asha_waits_for_the_end_of_a_warm_up_and_a_trial_may_tune_it():
+    """An image-flow trial warms ``g(.; 1)`` up for 97% of its steps (the operator untrained):
+    ASHA's first rung is the first epoch after that, not epoch 1. ``train.warmup`` (a number or
+    auto) can be in the space, and a trial's value goes in as params.yaml's would."""
+    from pipelines.config import parse
+    from pipelines.config.loading import apply_trial
+    from sweeps.search import first_rung, search_setup
+
+    image = parse({"model": {"flow": "image"}, "sweep": {"max_epochs": 10, "grace_period": 1}})
+    assert first_rung(image) == 10  # floor(0.97 x 10) + 1
+    assert first_milestone(search_setup(image)[1]) == 10
+    digits = parse({"sweep": {"max_epochs": 10, "grace_period": 1}})
+    assert first_rung(digits) == 1 and first_milestone(search_setup(digits)[1]) == 1
+    half = parse({"train": {"warmup": 0.5}, "sweep": {"max_epochs": 10}})
+    assert first_rung(half) == 6
+    tuned = parse({"sweep": {"space": {"train.warmup": {"uniform": [0, 0.9]}}}})
+    assert apply_trial(tuned, {"train.warmup": 0.25}).train.warmup == 0.25
+    assert apply_trial(tuned, {"model.two_networks": "auto"}).model.two_networks == "auto"
+
+
 # --- the champion: registered only when it beats what exists -------------------------------------
 
 

@@ -253,7 +253,10 @@ def _check_dimension(cfg: Config, key: str, spec: Any) -> None:
     if not isinstance(values, list) or not values:
         raise ConfigError(f"{where}.{dist} must be a non-empty list, got {values!r}")
     if dist != "choice":
-        numeric = kind is float or (kind is int and dist == "randint")
+        floats = kind is float or (
+            isinstance(kind, types.UnionType) and float in typing.get_args(kind)
+        )
+        numeric = floats or (kind is int and dist == "randint")
         if not numeric or len(values) != 2:
             raise ConfigError(
                 f"{where}.{dist} needs [low, high] bounds on a "
@@ -280,7 +283,11 @@ def apply_trial(cfg: Config, trial: dict[str, Any]) -> Config:
     for key, value in trial.items():
         section, _, name = key.partition(".")
         kind = _section_kinds(section)[name]
-        changes.setdefault(section, {})[name] = kind(value)
+        # a key of a number or auto: checked as params.yaml is (a union type cannot convert)
+        union = isinstance(kind, types.UnionType)
+        changes.setdefault(section, {})[name] = (
+            _check_value(key, value, kind) if union else kind(value)
+        )
     return dataclasses.replace(
         cfg, **{sec: dataclasses.replace(getattr(cfg, sec), **kv) for sec, kv in changes.items()}
     )

@@ -99,7 +99,9 @@ def log_to_run(
     tracking.setup(mlflow_cfg)
     try:
         mlflow.MlflowClient().get_run(run_id)
-    except MlflowException:
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise  # a refusing or failing server is not a missing run
         here = tracking.tracking_uri(mlflow_cfg)
         new = mlflow.start_run(run_name="evaluate", tags={TRAIN_RUN_TAG: run_id})
         mlflow.end_run()

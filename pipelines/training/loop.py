@@ -241,7 +241,9 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
             raise LinearizerError(
                 "the checkpoint to resume holds another model (written before model.operator "
                 "existed, or with other model.* values): resume with the params it was trained "
-                "with (model.operator: low_rank, model.w_one_step_likelihood: 0 for old runs)"
+                "with (model.operator: low_rank, model.w_one_step_likelihood: 0 for old runs; "
+                "model.two_networks: false, train.warmup: 0 for image-flow runs before the "
+                "warm start)"
             ) from None
         start, history = int(resumed["epoch"]) + 1, list(resumed["history"])
     warm_share = warmup_share(train_cfg.warmup, model_cfg.flow)
@@ -289,7 +291,7 @@ def fit_epochs(config: dict[str, Any], session: Session) -> None:
         watch, t0 = LossWatch(device), time.perf_counter()
         for step, (xb,) in enumerate(batches.epoch(epoch)):
             xb = xb.to(device, dtype, non_blocking=device.type == "cuda")
-            lr = learning_rate(train_cfg, epoch, step, batches.steps, epochs)
+            lr = learning_rate(train_cfg, epoch, step, batches.steps, epochs, restart=warm_steps)
             warm = epoch * batches.steps + step < warm_steps
             loss = train_step(ddp, opt, amp, xb, lr=lr, grad_clip=train_cfg.grad_clip, warmup=warm)
             if ema is not None:

@@ -11,12 +11,24 @@ from torch.optim.swa_utils import AveragedModel
 from pipelines.config import TrainConfig
 
 
-def learning_rate(cfg: TrainConfig, epoch: int, step: int, steps: int, epochs: int) -> float:
+def learning_rate(
+    cfg: TrainConfig, epoch: int, step: int, steps: int, epochs: int, *, restart: int = 0
+) -> float:
     """The step's learning rate: cosine from ``lr`` to 0 over the run, or constant. A function
-    of the position alone (no scheduler state), so a resumed run continues the same curve."""
+    of the position alone (no scheduler state), so a resumed run continues the same curve.
+
+    ``restart``: the step where the warm-up ends (``train.warmup``). The warm-up and the full
+    objective then each get a cosine of their own, so the full objective, which alone trains
+    the operator and the noise network, starts again from ``lr`` instead of near 0."""
     if cfg.lr_schedule == "constant":
         return cfg.lr
-    progress = (epoch * steps + step) / max(epochs * steps, 1)
+    at, total = epoch * steps + step, max(epochs * steps, 1)
+    if not restart:
+        progress = at / total
+    elif at < restart:
+        progress = at / restart
+    else:
+        progress = (at - restart) / max(total - restart, 1)
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
 
 
